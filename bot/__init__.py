@@ -1,0 +1,99 @@
+"""ConsentLine: a consent gate in front of a small team's business text lines."""
+
+import logging
+import os
+
+from dotenv import load_dotenv
+from flask import Flask
+from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from bot import config as settings_loader
+from bot.extensions import db, migrate
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: configuration, extensions, blueprints, commands, errors."""
+    load_dotenv()
+    app = Flask(__name__, instance_relative_config=True, template_folder="../templates")
+    app.config.update(settings_loader.load(os.environ, app.instance_path))
+    if test_config:
+        app.config.update(test_config)
+    settings_loader.check(app.config)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    register_proxy(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_commands(app)
+    register_errors(app)
+    if not app.config["TWILIO_VALIDATE_SIGNATURE"]:
+        log.warning("TWILIO_VALIDATE_SIGNATURE=false: webhooks are accepted without a signature")
+    return app
+
+
+def register_proxy(app: Flask) -> None:
+    """Trust exactly TRUSTED_PROXIES proxies' X-Forwarded-* headers."""
+    hops = app.config["TRUSTED_PROXIES"]
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+
+
+def register_extensions(app: Flask) -> None:
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+    if uri.startswith("postgresql"):
+        # Fail within Twilio's 15-second wait rather than hang past it.
+        options.setdefault(
+            "connect_args",
+            {"connect_timeout": 5, "options": "-c lock_timeout=10000 -c statement_timeout=12000"},
+        )
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            configure_sqlite(db.engine)
+
+
+def configure_sqlite(engine) -> None:
+    """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for every transaction.
+
+    BEGIN IMMEDIATE takes the write lock up front, so concurrent webhooks (several
+    gunicorn workers) queue on the busy timeout instead of deadlocking on upgrade.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def register_blueprints(app: Flask) -> None:
+    from bot import webhooks
+
+    app.register_blueprint(webhooks.bp)
+
+
+def register_commands(app: Flask) -> None:
+    from bot import cli
+
+    for group in cli.groups:
+        app.cli.add_command(group)
+
+
+def register_errors(app: Flask) -> None:
+    from bot import webhooks
+
+    webhooks.register_errors(app)

@@ -1,0 +1,158 @@
+"""Command line (SPEC §9): thin Click commands over plain functions."""
+
+import sys
+from datetime import UTC, datetime
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from bot import employees as staff
+from bot import evidence, phones
+from bot import settings as org_settings
+from bot.extensions import db
+
+employees_cli = AppGroup("employees", help="Employees and their lines.")
+settings_cli = AppGroup("settings", help="Company name, default mode and texts.")
+audit_cli = AppGroup("audit", help="The attestation log: export and verify.")
+
+groups = [employees_cli, settings_cli, audit_cli]
+
+
+def _region() -> str:
+    return current_app.config["DEFAULT_REGION"]
+
+
+def _fail(exc: Exception) -> None:
+    db.session.rollback()
+    raise click.ClickException(str(exc))
+
+
+def _describe(employee) -> str:
+    mode = employee.mode.value if employee.mode else "default"
+    state = "" if employee.active else "  (inactive)"
+    return (
+        f"{phones.readable(employee.line):<18} {employee.name:<24} "
+        f"cell {phones.readable(employee.cell):<18} mode {mode}{state}"
+    )
+
+
+@employees_cli.command("add")
+@click.option("--name", required=True, help="Display name ({employee_name}).")
+@click.option("--cell", required=True, help="The employee's own cell phone.")
+@click.option("--line", required=True, help="The Twilio number of the employee's line.")
+@click.option(
+    "--mode", default=None, help="consent, disclaimer or off (default: follow the organisation)."
+)
+def employees_add(name, cell, line, mode):
+    """Give an employee a line."""
+    try:
+        employee = staff.add(name, cell, line, mode, _region())
+        db.session.commit()
+    except staff.EmployeeError as exc:
+        _fail(exc)
+    click.echo(f"added {_describe(employee)}")
+
+
+@employees_cli.command("list")
+def employees_list():
+    """List employees and their lines."""
+    rows = staff.listing()
+    if not rows:
+        click.echo("no employees yet: flask --app app employees add --name … --cell … --line …")
+    for employee in rows:
+        click.echo(_describe(employee))
+
+
+@employees_cli.command("set-mode")
+@click.argument("line")
+@click.argument("mode")
+def employees_set_mode(line, mode):
+    """Set a line's mode: consent, disclaimer, off, or default."""
+    try:
+        employee = staff.set_mode(line, mode, _region())
+        db.session.commit()
+    except staff.EmployeeError as exc:
+        _fail(exc)
+    click.echo(_describe(employee))
+
+
+@employees_cli.command("remove")
+@click.argument("line")
+def employees_remove(line):
+    """Deactivate a line (its history stays)."""
+    try:
+        employee = staff.remove(line, _region())
+        db.session.commit()
+    except staff.EmployeeError as exc:
+        _fail(exc)
+    click.echo(f"deactivated {_describe(employee)}")
+
+
+@settings_cli.command("show")
+def settings_show():
+    """Show every setting and where its value comes from."""
+    current = org_settings.current()
+    source = lambda key: "saved" if key in current.saved else "default"  # noqa: E731
+    click.echo(f"company_name = {current.company_name!r}  [{source('company_name')}]")
+    click.echo(f"default_mode = {current.default_mode.value}  [{source('default_mode')}]")
+    for key, value in current.texts.items():
+        click.echo(f"text.{key} = {value!r}  [{source('text.' + key)}]")
+
+
+@settings_cli.command("set")
+@click.argument("key")
+@click.argument("value")
+def settings_set(key, value):
+    """Save a setting: company_name, default_mode or text.<key>."""
+    try:
+        org_settings.put(key, value)
+        db.session.commit()
+    except org_settings.SettingError as exc:
+        _fail(exc)
+    for warning in org_settings.warnings(key, value):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"{key} saved")
+
+
+@settings_cli.command("reset")
+@click.argument("key")
+def settings_reset(key):
+    """Go back to the default of a setting."""
+    try:
+        org_settings.reset(key)
+        db.session.commit()
+    except org_settings.SettingError as exc:
+        _fail(exc)
+    click.echo(f"{key} reset to the default")
+
+
+@audit_cli.command("export")
+@click.option("--since", default=None, help="Only entries from this day on (YYYY-MM-DD, UTC).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None)
+def audit_export(since, out_path):
+    """Write the attestation log as CSV (standard output without --out)."""
+    start = None
+    if since:
+        try:
+            start = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise click.BadParameter("use YYYY-MM-DD", param_hint="--since") from None
+    if out_path:
+        with open(out_path, "w", newline="", encoding="utf-8") as out:
+            count = evidence.export(out, start)
+        click.echo(f"{count} entries written to {out_path}", err=True)
+    else:
+        evidence.export(sys.stdout, start)
+
+
+@audit_cli.command("verify")
+def audit_verify():
+    """Recompute every hash chain; exit non-zero naming each broken conversation."""
+    report = evidence.verify()
+    for broken in report.broken:
+        click.echo(f"BROKEN line {broken.line} contact {broken.contact}: {broken.reason}", err=True)
+    summary = f"{report.conversations} conversations, {report.entries} entries"
+    if not report.ok:
+        raise click.ClickException(f"{len(report.broken)} broken chain(s) in {summary}")
+    click.echo(f"OK: every chain intact ({summary})")

@@ -1,0 +1,92 @@
+"""Keyword and revocation-hint classification of a contact's text (SPEC §4)."""
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    OPT_OUT = "opt_out"
+    OPT_IN = "opt_in"
+    HELP = "help"
+    TEXT = "text"
+
+
+OPT_OUT_WORDS = frozenset(
+    {
+        "STOP",
+        "STOPALL",
+        "STOP ALL",
+        "UNSUBSCRIBE",
+        "CANCEL",
+        "END",
+        "QUIT",
+        "REVOKE",
+        "OPTOUT",
+        "OPT OUT",
+        "OPT-OUT",
+    }
+)
+OPT_IN_WORDS = frozenset({"YES", "Y", "START", "UNSTOP", "OPTIN", "OPT IN", "OPT-IN"})
+HELP_WORDS = frozenset({"HELP", "INFO"})
+
+# The opt-in words that also lift Twilio's own block after a filtered opt-out.
+CARRIER_OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
+
+_OPT_OUT_TYPES = {"STOP": Kind.OPT_OUT, "START": Kind.OPT_IN, "HELP": Kind.HELP}
+
+# Texts that read like a revocation without being a keyword. Each pattern needs
+# the speaker to talk about being messaged, so "I'll stop by at 3" stays clear.
+_HINTS = re.compile(
+    r"""
+    \b(stop|quit|cease)\s+(texting|messaging|contacting|spamming|bothering)\b
+    | \bstop\s+sending\s+(me\s+)?(texts|messages|sms)\b
+    | \b(don'?t|do\s+not|never)\s+(text|message|contact|sms)\s+me\b
+    | \bno\s+more\s+(texts|messages|sms)\b
+    | \bunsubscribe\b
+    | \bremove\s+(me|my\s+number)\s+from\b
+    | \btake\s+(me|my\s+number)\s+off\b
+    | \bopt\s*-?\s*(me\s+)?out\b
+    | \bleave\s+me\s+alone\b
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What a contact's text means to the consent gate."""
+
+    kind: Kind
+    # START, UNSTOP or YES (or OptOutType=START): lifts Twilio's STOP block.
+    lifts_block: bool = False
+    # Not a keyword, but reads like a request to stop (§4 revocation hint).
+    hint: bool = False
+
+
+TEXT = Classification(Kind.TEXT)
+
+
+def normalise(body: str) -> str:
+    """Trim white space and trailing punctuation, collapse inner spaces, upper-case."""
+    text = " ".join(body.split())
+    end = len(text)
+    while end and unicodedata.category(text[end - 1]).startswith("P"):
+        end -= 1
+    return text[:end].rstrip().upper()
+
+
+def classify(body: str, opt_out_type: str | None = None) -> Classification:
+    """Classify a contact's text; Twilio's ``OptOutType`` wins over the body."""
+    twilio_kind = _OPT_OUT_TYPES.get((opt_out_type or "").strip().upper())
+    if twilio_kind is not None:
+        return Classification(twilio_kind, lifts_block=twilio_kind is Kind.OPT_IN)
+    word = normalise(body)
+    if word in OPT_OUT_WORDS:
+        return Classification(Kind.OPT_OUT)
+    if word in OPT_IN_WORDS:
+        return Classification(Kind.OPT_IN, lifts_block=word in CARRIER_OPT_IN_WORDS)
+    if word in HELP_WORDS:
+        return Classification(Kind.HELP)
+    return Classification(Kind.TEXT, hint=bool(_HINTS.search(body)))

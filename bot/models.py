@@ -1,0 +1,243 @@
+"""Typed models: employees, conversations, messages, the attestation log, settings."""
+
+import json
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from bot import consent
+from bot.extensions import db
+
+GENESIS = "0" * 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_ref() -> str:
+    """A public, unguessable id for a message (used in status-callback URLs)."""
+    return secrets.token_hex(12)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every database (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _enum(enum_cls: type[StrEnum], length: int = 20) -> Enum:
+    """A string-valued enum column (no native type, no CHECK to migrate)."""
+    return Enum(
+        enum_cls,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda cls: [m.value for m in cls],
+    )
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class Disposition(StrEnum):
+    """What became of an inbound text."""
+
+    RELAYED = "relayed"
+    HELD = "held"
+    RELEASED = "released"
+    DISCARDED = "discarded"
+    ANSWERED = "answered"
+    BLOCKED = "blocked"
+    UNROUTED = "unrouted"
+
+
+class RecordKind(StrEnum):
+    MESSAGE = "message"  # a text in or out, as received or sent
+    STATUS = "status"  # Twilio reported a new delivery status
+    DISPOSITION = "disposition"  # a held text was released or discarded
+    CONSENT = "consent"  # a consent event (SPEC §10)
+
+
+class Timestamps:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Setting(db.Model):
+    """An organisation setting made in the CLI or portal; wins over the environment."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Employee(Timestamps, db.Model):
+    """A person with a line; ``mode`` None follows the organisation default."""
+
+    __tablename__ = "employees"
+    __table_args__ = (
+        # One active employee per line; a deactivated one keeps its history.
+        Index(
+            "uq_employees_active_line",
+            "line",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cell: Mapped[str] = mapped_column(String(32))
+    line: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[consent.Mode | None] = mapped_column(_enum(consent.Mode))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    def effective_mode(self, default: consent.Mode) -> consent.Mode:
+        return self.mode or default
+
+
+class Conversation(Timestamps, db.Model):
+    """One (line, contact address) pair: where consent lives (SPEC §1–§2)."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("line", "contact"),
+        Index("ix_conversations_line_addressed_at", "line", "addressed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line: Mapped[str] = mapped_column(String(64))
+    contact: Mapped[str] = mapped_column(String(255))
+    contact_name: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[consent.State] = mapped_column(_enum(consent.State), default=consent.State.NEW)
+    initiator: Mapped[consent.Role | None] = mapped_column(_enum(consent.Role))
+    last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the contact last wrote or the employee last addressed them: the
+    # line's current contact is the conversation with the latest value.
+    addressed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    chain_head: Mapped[str] = mapped_column(String(64), default=GENESIS)
+    chain_length: Mapped[int] = mapped_column(Integer, default=0)
+
+    messages: Mapped[list["Message"]] = relationship(
+        back_populates="conversation", order_by="Message.id", lazy="raise_on_sql"
+    )
+
+    @property
+    def facts(self) -> consent.Conversation:
+        return consent.Conversation(self.state, self.initiator, self.last_request_at)
+
+    def display(self) -> str:
+        """How the contact is named to the employee: saved name, else the address."""
+        return self.contact_name or self.contact
+
+
+class Message(Timestamps, db.Model):
+    """A text in or out, with its delivery status and what became of it."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_conversation_id_disposition", "conversation_id", "disposition"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(32), unique=True, default=new_ref)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    direction: Mapped[Direction] = mapped_column(_enum(Direction))
+    # Who wrote it: the contact, the employee, or (None) the bot itself.
+    author: Mapped[consent.Role | None] = mapped_column(_enum(consent.Role))
+    sender: Mapped[str] = mapped_column(String(255))
+    recipient: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str] = mapped_column(Text, default="")
+    # For an employee's text that named its contact: the part to deliver.
+    relay_body: Mapped[str | None] = mapped_column(Text)
+    media_json: Mapped[str] = mapped_column(Text, default="[]")
+    twilio_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    idempotency_token: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(24))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    disposition: Mapped[Disposition | None] = mapped_column(_enum(Disposition))
+    text_key: Mapped[str | None] = mapped_column(String(80))
+    # For a relayed text: the ref of the inbound text it carries.
+    source_ref: Mapped[str | None] = mapped_column(String(32))
+    hint: Mapped[bool] = mapped_column(Boolean, default=False)
+    recovered: Mapped[bool] = mapped_column(Boolean, default=False)
+    signature_valid: Mapped[bool | None] = mapped_column(Boolean)
+    # The TwiML answered to this inbound text: replayed for a repeated MessageSid.
+    answer: Mapped[str | None] = mapped_column(Text)
+
+    conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+    @property
+    def media(self) -> list[dict[str, str]]:
+        return json.loads(self.media_json or "[]")
+
+
+class Attestation(db.Model):
+    """One append-only entry of the evidence log, hash-chained per conversation."""
+
+    __tablename__ = "attestations"
+    __table_args__ = (UniqueConstraint("conversation_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[RecordKind] = mapped_column(_enum(RecordKind))
+    message_ref: Mapped[str | None] = mapped_column(String(32), index=True)
+    direction: Mapped[Direction | None] = mapped_column(_enum(Direction))
+    sender: Mapped[str | None] = mapped_column(String(255))
+    recipient: Mapped[str | None] = mapped_column(String(255))
+    body: Mapped[str | None] = mapped_column(Text)
+    media_json: Mapped[str | None] = mapped_column(Text)
+    twilio_sid: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(24))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    event: Mapped[consent.Event | None] = mapped_column(_enum(consent.Event))
+    mode: Mapped[consent.Mode | None] = mapped_column(_enum(consent.Mode))
+    state: Mapped[consent.State | None] = mapped_column(_enum(consent.State))
+    shown_text: Mapped[str | None] = mapped_column(Text)
+    cause_sid: Mapped[str | None] = mapped_column(String(64))
+    cause_body: Mapped[str | None] = mapped_column(Text)
+    signature_valid: Mapped[bool | None] = mapped_column(Boolean)
+    admin: Mapped[str | None] = mapped_column(String(255))
+    method: Mapped[str | None] = mapped_column(String(40))
+    note: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,100 @@
+"""Phone numbers and addresses: E.164, ``whatsapp:`` and what people type (phonenumbers)."""
+
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+
+from bot.consent import Channel
+
+WHATSAPP = "whatsapp:"
+
+
+class InvalidNumber(ValueError):
+    """A number a person typed is not a valid phone number."""
+
+
+def to_e164(text: str, region: str) -> str:
+    """Parse a typed number (national format uses ``region``) into E.164."""
+    raw = (text or "").strip()
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidNumber(f"{raw!r} is not a phone number.") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidNumber(f"{raw!r} is not a valid phone number.")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def to_address(text: str, region: str) -> str:
+    """Parse a typed contact address: a number, or ``whatsapp:`` and a number."""
+    raw = (text or "").strip()
+    if raw.lower().startswith(WHATSAPP):
+        return WHATSAPP + to_e164(raw[len(WHATSAPP) :], region)
+    return to_e164(raw, region)
+
+
+def channel_of(address: str) -> Channel:
+    return Channel.WHATSAPP if address.lower().startswith(WHATSAPP) else Channel.SMS
+
+
+def bare(address: str) -> str:
+    """The number of an address, without a channel prefix."""
+    if address.lower().startswith(WHATSAPP):
+        return address[len(WHATSAPP) :]
+    return address
+
+
+def on_channel(number: str, channel: Channel) -> str:
+    """The address of ``number`` on ``channel``."""
+    return WHATSAPP + number if channel is Channel.WHATSAPP else number
+
+
+def readable(address: str) -> str:
+    """A number as people read it (``+1 415-555-0100``); anything else unchanged."""
+    number = bare(address)
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return address
+    text = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return WHATSAPP + text if number != address else text
+
+
+# A run of characters that can only be a number someone typed at the start of a text.
+_LEADING = re.compile(r"\s*(?P<wa>whatsapp:)?\s*(?P<num>[+(]?\d[\d\s().\-]*\d\)?)(?P<sep>\s*:)?")
+
+
+@dataclass(frozen=True)
+class Addressed:
+    """An employee's text split into the contact it names (if any) and the body."""
+
+    address: str | None
+    body: str
+
+
+def leading_address(text: str, region: str) -> Addressed:
+    """Split ``+15551234567 Hi`` into address and body (SPEC §6).
+
+    A leading run of digits is an address when it parses as a valid number. When
+    it is clearly meant as one (``+``, ``(``, ``whatsapp:``, a colon after it, or
+    nothing else in the text) but is not valid, ``InvalidNumber`` is raised so the
+    employee's text is never sent to someone else by mistake.
+    """
+    match = _LEADING.match(text or "")
+    if match is None or sum(c.isdigit() for c in match["num"]) < 7:
+        if match is not None and match["wa"]:
+            raise InvalidNumber(f"{match['num']!r} is not a valid phone number.")
+        return Addressed(None, text)
+    rest = text[match.end() :]
+    if rest and not (match["sep"] or rest[0].isspace()):
+        return Addressed(None, text)
+    try:
+        number = to_e164(match["num"], region)
+    except InvalidNumber:
+        meant = match["wa"] or match["sep"] or match["num"][0] in "+(" or not rest.strip()
+        if meant:
+            raise
+        return Addressed(None, text)
+    address = WHATSAPP + number if match["wa"] else number
+    return Addressed(address, rest.strip())

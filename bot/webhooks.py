@@ -1,0 +1,97 @@
+"""Twilio's webhooks (SPEC §7): inbound texts, status callbacks, and the health check."""
+
+import functools
+import logging
+
+from flask import Blueprint, Response, abort, current_app, request
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from twilio.request_validator import RequestValidator
+
+from bot import relay, twiml
+from bot.extensions import db
+from bot.models import utcnow
+
+log = logging.getLogger(__name__)
+security_log = logging.getLogger("bot.security")
+
+bp = Blueprint("webhooks", __name__)
+
+
+def signed_url() -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL + path when set, else the request URL."""
+    base = current_app.config["PUBLIC_BASE_URL"]
+    if not base:
+        return request.url
+    query = request.query_string.decode("latin-1")
+    return base + request.path + ("?" + query if query else "")
+
+
+def twilio_signed(view):
+    """Answer 403, and change nothing, unless Twilio signed this request."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if current_app.config["TWILIO_VALIDATE_SIGNATURE"]:
+            token = current_app.config.get("TWILIO_AUTH_TOKEN") or ""
+            signature = request.headers.get("X-Twilio-Signature", "")
+            url = signed_url()
+            if not token or not RequestValidator(token).validate(url, request.form, signature):
+                security_log.warning(
+                    "rejected a request with a %s Twilio signature",
+                    "wrong" if signature else "missing",
+                    extra={"url": url, "remote_addr": request.remote_addr},
+                )
+                abort(403)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def status_base() -> str:
+    """Where Twilio should report the delivery status of the texts we send."""
+    base = current_app.config["PUBLIC_BASE_URL"] or request.host_url.rstrip("/")
+    return base + "/twilio/status"
+
+
+def _xml(body: str, status: int = 200) -> Response:
+    return Response(body, status=status, mimetype="text/xml")
+
+
+@bp.post("/twilio/sms")
+@twilio_signed
+def inbound_sms():
+    try:
+        inbound = relay.parse_form(request.form, request.headers.get("I-Twilio-Idempotency-Token"))
+    except relay.BadRequest as exc:
+        log.warning("unusable inbound webhook: %s", exc)
+        return _xml(twiml.EMPTY, 400)
+    return _xml(relay.handle_inbound(inbound, utcnow(), status_base()))
+
+
+@bp.post("/twilio/status")
+@twilio_signed
+def status_callback():
+    relay.handle_status(request.args.get("ref"), request.form, utcnow())
+    return _xml(twiml.EMPTY)
+
+
+@bp.get("/healthz")
+def healthz():
+    try:
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+    except SQLAlchemyError:
+        db.session.rollback()
+        log.exception("health check: the database does not answer")
+        return {"status": "unavailable", "database": "unreachable"}, 503
+    return {"status": "ok", "database": "ok"}
+
+
+def register_errors(app) -> None:
+    @app.errorhandler(SQLAlchemyError)
+    def database_failed(exc):
+        # Nothing was committed: Twilio sees a 5xx and retries or uses its fallback URL.
+        db.session.rollback()
+        log.exception("database failure; the transaction was rolled back")
+        return _xml(twiml.EMPTY, 503)
