@@ -2,6 +2,7 @@
 
 import logging
 import os
+from collections.abc import Mapping
 
 from dotenv import load_dotenv
 from flask import Flask
@@ -14,11 +15,17 @@ from bot.extensions import db, migrate
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: configuration, extensions, blueprints, commands, errors."""
-    load_dotenv()
+def create_app(test_config: dict | None = None, env: Mapping[str, str] | None = None) -> Flask:
+    """Build the app: configuration, extensions, blueprints, commands, errors.
+
+    ``env`` replaces the process environment (and ``.env``) when given: tests
+    pass their own so that nothing on the machine leaks into them.
+    """
+    if env is None:
+        load_dotenv()
+        env = os.environ
     app = Flask(__name__, instance_relative_config=True, template_folder="../templates")
-    app.config.update(settings_loader.load(os.environ, app.instance_path))
+    app.config.update(settings_loader.load(env, app.instance_path))
     if test_config:
         app.config.update(test_config)
     settings_loader.check(app.config)

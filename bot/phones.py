@@ -82,8 +82,10 @@ def leading_address(text: str, region: str) -> Addressed:
     employee's text is never sent to someone else by mistake.
     """
     match = _LEADING.match(text or "")
-    if match is None or sum(c.isdigit() for c in match["num"]) < 7:
-        if match is not None and match["wa"]:
+    digits = sum(c.isdigit() for c in match["num"]) if match else 0
+    if digits < 7:
+        # "+1555 hi" is a mistyped number; "+1 for that" is a text.
+        if match is not None and (match["wa"] or (match["num"][0] == "+" and digits >= 4)):
             raise InvalidNumber(f"{match['num']!r} is not a valid phone number.")
         return Addressed(None, text)
     rest = text[match.end() :]

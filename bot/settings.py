@@ -35,7 +35,7 @@ class Settings:
 
 def current() -> Settings:
     """The settings in force now: saved values over the environment's defaults."""
-    saved = dict(db.session.execute(select(Setting.key, Setting.value)).tuples().all())
+    saved = dict(db.session.execute(select(Setting.key, Setting.value)).all())
     config = current_app.config
     merged = dict(texts.DEFAULTS)
     for key, value in saved.items():

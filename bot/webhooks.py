@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, Response, abort, current_app, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from bot import relay, twiml
 from bot.extensions import db
@@ -36,7 +36,11 @@ def twilio_signed(view):
             token = current_app.config.get("TWILIO_AUTH_TOKEN") or ""
             signature = request.headers.get("X-Twilio-Signature", "")
             url = signed_url()
-            if not token or not RequestValidator(token).validate(url, request.form, signature):
+            algorithm = get_signature_algorithm(
+                request.headers.get("X-Twilio-Webhooks-Signature-Settings")
+            )
+            validator = RequestValidator(token)
+            if not token or not validator.validate(url, request.form, signature, algorithm):
                 security_log.warning(
                     "rejected a request with a %s Twilio signature",
                     "wrong" if signature else "missing",
@@ -92,6 +96,11 @@ def register_errors(app) -> None:
     @app.errorhandler(SQLAlchemyError)
     def database_failed(exc):
         # Nothing was committed: Twilio sees a 5xx and retries or uses its fallback URL.
-        db.session.rollback()
-        log.exception("database failure; the transaction was rolled back")
-        return _xml(twiml.EMPTY, 503)
+        log.error("database failure; the transaction was rolled back: %s", exc)
+        try:
+            db.session.rollback()
+        except SQLAlchemyError:
+            log.warning("rollback failed too; the connection is discarded")
+        response = _xml(twiml.EMPTY, 503)
+        response.headers["Retry-After"] = "1"
+        return response

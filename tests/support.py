@@ -1,0 +1,125 @@
+"""Test support: constants, app factory, TwiML parsing and a Twilio-like signer."""
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from flask_migrate import upgrade
+from twilio.request_validator import RequestValidator
+
+from bot import create_app
+from bot.extensions import db
+
+TOKEN = "test-auth-token"
+LINE = "+14155550100"
+CELL = "+14155550111"
+CONTACT = "+14155550123"
+OTHER = "+14155550124"
+BASE = "http://localhost"
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgres"] if TEST_DATABASE_URL else [])
+TABLES = ("attestations", "messages", "conversations", "employees", "settings")
+
+
+def base_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """The environment a test app sees: nothing from the machine leaks in."""
+    env = {
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret",
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "COMPANY_NAME": "Acme Plumbing",
+    }
+    env.update(overrides)
+    return env
+
+
+def make_app(database_url: str, **overrides: str):
+    return create_app({"TESTING": True}, env=base_env(database_url, **overrides))
+
+
+def migrate(database_url: str) -> None:
+    app = make_app(database_url)
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+@dataclass
+class Sent:
+    """One ``<Message>`` of a TwiML answer."""
+
+    body: str
+    to: str | None
+    from_: str | None
+    media: list[str]
+    status_callback: str
+
+    @property
+    def ref(self) -> str:
+        return parse_qs(urlsplit(self.status_callback).query)["ref"][0]
+
+
+def parse_twiml(xml: bytes | str) -> list[Sent]:
+    root = ET.fromstring(xml)
+    assert root.tag == "Response"
+    sent = []
+    for message in root:
+        assert message.tag == "Message"
+        body = message.find("Body")
+        sent.append(
+            Sent(
+                body=(body.text if body is not None else message.text) or "",
+                to=message.get("to"),
+                from_=message.get("from"),
+                media=[m.text for m in message.findall("Media")],
+                status_callback=message.get("statusCallback"),
+            )
+        )
+    return sent
+
+
+class Twilio:
+    """Sends webhooks to the app the way Twilio does: form-encoded and signed."""
+
+    def __init__(self, client, token: str = TOKEN, base: str = BASE):
+        self.client = client
+        self.validator = RequestValidator(token)
+        self.base = base
+        self.count = 0
+
+    def post(self, path: str, params: dict, headers: dict | None = None, url: str | None = None):
+        signature = self.validator.compute_signature(url or self.base + path, params)
+        return self.client.post(
+            path, data=params, headers={"X-Twilio-Signature": signature, **(headers or {})}
+        )
+
+    def sms(self, sender: str, body: str = "", to: str = LINE, sid: str | None = None, **extra):
+        """Deliver one inbound text; answer the parsed TwiML (asserting a 200)."""
+        self.count += 1
+        params = {
+            "MessageSid": sid or f"SM{self.count:032d}",
+            "AccountSid": "AC" + "0" * 32,
+            "From": sender,
+            "To": to,
+            "Body": body,
+            "NumMedia": str(sum(1 for k in extra if k.startswith("MediaUrl"))),
+            **extra,
+        }
+        response = self.post("/twilio/sms", params)
+        assert response.status_code == 200, response.data
+        assert response.mimetype == "text/xml"
+        return parse_twiml(response.data)
+
+    def status(self, sent: Sent, status: str, sid: str = "SMout", error: str | None = None):
+        params = {"MessageSid": sid, "MessageStatus": status, "AccountSid": "AC" + "0" * 32}
+        if error:
+            params["ErrorCode"] = error
+        path = urlsplit(sent.status_callback)
+        return self.post(f"{path.path}?{path.query}", params)
+
+
+def bodies(sent: list[Sent], to: str | None = "any") -> list[str]:
+    """The bodies of the messages addressed to ``to`` (None: the reply to the sender)."""
+    return [s.body for s in sent if to == "any" or s.to == to]
