@@ -1,0 +1,179 @@
+"""SPEC §10: every text and consent event chained per conversation; verify finds tampering."""
+
+import csv
+
+import pytest
+from sqlalchemy import delete, func, select, text, update
+
+from bot import evidence
+from bot.extensions import db
+from bot.models import Attestation, Conversation, RecordKind
+from support import CELL, CONTACT, OTHER
+
+
+@pytest.fixture
+def history(app, twilio, employee):
+    """Two conversations with consent events, held texts, releases and relays."""
+    twilio.sms(CONTACT, "Hi")
+    twilio.sms(CONTACT, "YES")
+    twilio.sms(CELL, "Hello back")
+    twilio.sms(CELL, f"{OTHER} Your quote")
+    twilio.sms(OTHER, "STOP")
+    return app
+
+
+def verify(runner):
+    return runner.invoke(args=["audit", "verify"])
+
+
+def test_intact_chains_verify(history, runner):
+    result = verify(runner)
+    assert result.exit_code == 0, result.output
+    assert "every chain intact (2 conversations" in result.output
+
+
+def test_consent_events_carry_what_section_10_asks(history):
+    with history.app_context():
+        entries = db.session.execute(
+            select(Attestation)
+            .where(Attestation.kind == RecordKind.CONSENT)
+            .order_by(Attestation.id)
+        ).scalars()
+        got = [(e.event.value, e.mode.value, e.cause_body, e.signature_valid) for e in entries]
+        opted_in = db.session.execute(
+            select(Attestation).where(Attestation.event == "opted_in")
+        ).scalar_one()
+    assert got == [
+        ("request_sent", "consent", "Hi", True),
+        ("opted_in", "consent", "YES", True),
+        ("request_sent", "consent", f"{OTHER} Your quote", True),
+        ("opted_out", "consent", "STOP", True),
+    ]
+    assert opted_in.cause_sid.startswith("SM")
+    assert opted_in.shown_text.startswith("[Auto Message] Opt in confirmed.")
+
+
+def test_chain_links_each_entry_to_the_previous(history):
+    with history.app_context():
+        conv = db.session.execute(select(Conversation).where(Conversation.contact == CONTACT))
+        conv = conv.scalar_one()
+        entries = (
+            db.session.execute(
+                select(Attestation)
+                .where(Attestation.conversation_id == conv.id)
+                .order_by(Attestation.seq)
+            )
+            .scalars()
+            .all()
+        )
+    assert [e.seq for e in entries] == list(range(1, conv.chain_length + 1))
+    assert entries[0].prev_hash == "0" * 64
+    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert entries[-1].hash == conv.chain_head
+
+
+def _tamper(app, statement):
+    with app.app_context():
+        db.session.execute(statement)
+        db.session.commit()
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        pytest.param(
+            lambda cid: (
+                update(Attestation)
+                .where(Attestation.conversation_id == cid, Attestation.seq == 1)
+                .values(body="I never wrote this")
+            ),
+            id="edited-body",
+        ),
+        pytest.param(
+            lambda cid: (
+                update(Attestation)
+                .where(Attestation.conversation_id == cid, Attestation.event == "opted_in")
+                .values(method="phone call")
+            ),
+            id="edited-event",
+        ),
+        pytest.param(
+            lambda cid: delete(Attestation).where(
+                Attestation.conversation_id == cid, Attestation.seq == 2
+            ),
+            id="deleted-middle",
+        ),
+        pytest.param(
+            lambda cid: delete(Attestation).where(
+                Attestation.conversation_id == cid,
+                Attestation.seq
+                == select(func.max(Attestation.seq))
+                .where(Attestation.conversation_id == cid)
+                .scalar_subquery(),
+            ),
+            id="deleted-last",
+        ),
+    ],
+)
+def test_verify_names_the_conversation_after_tampering(history, runner, tampering):
+    with history.app_context():
+        cid = db.session.execute(
+            select(Conversation.id).where(Conversation.contact == CONTACT)
+        ).scalar_one()
+    _tamper(history, tampering(cid))
+    result = verify(runner)
+    assert result.exit_code != 0
+    assert f"BROKEN line +14155550100 contact {CONTACT}" in result.output
+    assert OTHER not in result.output  # the other conversation's chain still holds
+
+
+def test_verify_catches_an_inserted_row(history, runner):
+    with history.app_context():
+        conv = db.session.execute(select(Conversation).where(Conversation.contact == OTHER))
+        conv = conv.scalar_one()
+        # A forger appends a well-formed entry but cannot move the recorded head.
+        entry = Attestation(
+            conversation_id=conv.id,
+            seq=conv.chain_length + 1,
+            kind=RecordKind.CONSENT,
+            event="opted_in",
+            prev_hash=conv.chain_head,
+            hash="f" * 64,
+        )
+        db.session.add(entry)
+        db.session.execute(
+            text("UPDATE conversations SET updated_at = updated_at WHERE id = :id"), {"id": conv.id}
+        )
+        db.session.commit()
+    result = verify(runner)
+    assert result.exit_code != 0
+    assert f"contact {OTHER}" in result.output
+
+
+def test_export_streams_every_entry_as_csv(history, runner, tmp_path):
+    out = tmp_path / "log.csv"
+    result = runner.invoke(args=["audit", "export", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with history.app_context():
+        total = db.session.execute(select(func.count(Attestation.id))).scalar()
+    assert len(rows) == total
+    assert rows[0]["body"] == "Hi" and rows[0]["contact"] == CONTACT
+    assert {r["event"] for r in rows} >= {"request_sent", "opted_in", "opted_out"}
+    # Standard output without --out, and --since filters by day.
+    assert runner.invoke(args=["audit", "export"]).output.count("\n") == total + 1
+    later = runner.invoke(args=["audit", "export", "--since", "2999-01-01"])
+    assert later.output.strip() == ",".join(evidence.EXPORT_COLUMNS)
+    bad = runner.invoke(args=["audit", "export", "--since", "yesterday"])
+    assert bad.exit_code != 0 and "YYYY-MM-DD" in bad.output
+
+
+def test_digest_covers_every_hashed_field():
+    base = {name: None for name in evidence.HASHED} | {"seq": 1, "body": "Hi"}
+    reference = evidence.digest("+1", "+2", "0" * 64, base)
+    for name in evidence.HASHED:
+        changed = dict(base, **{name: "x" if name != "seq" else 2})
+        assert evidence.digest("+1", "+2", "0" * 64, changed) != reference, name
+    assert evidence.digest("+1", "+3", "0" * 64, base) != reference
+    assert evidence.digest("+1", "+2", "1" * 64, base) != reference
