@@ -1,6 +1,7 @@
 """SPEC §10: every text and consent event chained per conversation; verify finds tampering."""
 
 import csv
+import itertools
 
 import pytest
 from sqlalchemy import delete, func, select, text, update
@@ -68,7 +69,7 @@ def test_chain_links_each_entry_to_the_previous(history):
         )
     assert [e.seq for e in entries] == list(range(1, conv.chain_length + 1))
     assert entries[0].prev_hash == "0" * 64
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert entries[-1].hash == conv.chain_head
 
 
