@@ -174,8 +174,8 @@ def _from_contact(
 
     if message.kind is Kind.OPT_OUT:
         if state is State.OPTED_OUT:
-            # One confirmation only; anything still held stays out of reach.
-            return Decision(conv, conv, Disposition.ANSWERED, discard_held=True)
+            # One confirmation only. What they wrote since stays held for a START.
+            return Decision(conv, conv, Disposition.ANSWERED)
         steps: list[Step] = []
         if not policy.filtered:
             steps.append(Text(Role.CONTACT, "opt_out.to_contact"))

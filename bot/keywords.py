@@ -40,18 +40,28 @@ _OPT_OUT_TYPES = {"STOP": Kind.OPT_OUT, "START": Kind.OPT_IN, "HELP": Kind.HELP}
 # the speaker to talk about being messaged, so "I'll stop by at 3" stays clear.
 _HINTS = re.compile(
     r"""
-    \b(stop|quit|cease)\s+(texting|messaging|contacting|spamming|bothering)\b
-    | \bstop\s+sending\s+(me\s+)?(texts|messages|sms)\b
-    | \b(don'?t|do\s+not|never)\s+(text|message|contact|sms)\s+me\b
+    \b(stop|quit|cease)\s+(calling\s+and\s+)?(texting|messaging|contacting|spamming|bothering)
+        (\s+and\s+\w+ing)?\s+(me|us)\b
+    | \b(stop|quit)\s+(texting|messaging|spamming)\b\W*$
+    | \bstop\s+sending\s+(me\s+)?(these\s+|your\s+|any\s+)?(text\s+)?(texts|messages|sms)\b
+    | \b(don't|dont|do\s+not|never)\s+(text|message|contact|sms)\s+me\b
     | \bno\s+more\s+(texts|messages|sms)\b
     | \bunsubscribe\b
-    | \bremove\s+(me|my\s+number)\s+from\b
-    | \btake\s+(me|my\s+number)\s+off\b
-    | \bopt\s*-?\s*(me\s+)?out\b
+    | \bremove\s+(me|my\s+number)\b(?!\s+from\s+the\s+(invoice|order|bill|quote))
+    | \btake\s+(me|my\s+number)\s+off\s+(your|the|this)\s+(list|contacts|texts)\b
+    | \bopt\s*-?\s*(me\s+)?out\b(?!\s+of\s+(the|an?|my)\s+(?!texts|messages))
     | \bleave\s+me\s+alone\b
+    | ^\W*(please\s+)?stop(\s+(please|pls|plz|now|it|this|that|all|them))+\W*$
     """,
     re.IGNORECASE | re.VERBOSE,
 )
+# "won't stop texting me" is about someone else: a negation just before voids a match.
+_NEGATED = re.compile(r"\b(won't|wont|can't|cant|doesn't|didn't|don't|not|never)\s+$", re.I)
+
+
+def _reads_like_revocation(body: str) -> bool:
+    text = body.replace("\u2019", "'").replace("\u2018", "'")
+    return any(not _NEGATED.search(text[: match.start()]) for match in _HINTS.finditer(text))
 
 
 @dataclass(frozen=True)
@@ -89,4 +99,4 @@ def classify(body: str, opt_out_type: str | None = None) -> Classification:
         return Classification(Kind.OPT_IN, lifts_block=word in CARRIER_OPT_IN_WORDS)
     if word in HELP_WORDS:
         return Classification(Kind.HELP)
-    return Classification(Kind.TEXT, hint=bool(_HINTS.search(body)))
+    return Classification(Kind.TEXT, hint=_reads_like_revocation(body))

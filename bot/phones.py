@@ -62,7 +62,9 @@ def readable(address: str) -> str:
 
 
 # A run of characters that can only be a number someone typed at the start of a text.
-_LEADING = re.compile(r"\s*(?P<wa>whatsapp:)?\s*(?P<num>[+(]?\d[\d\s().\-]*\d\)?)(?P<sep>\s*:)?")
+_LEADING = re.compile(
+    r"\s*(?P<wa>whatsapp:)?\s*(?P<num>[+(]?\d[\d\s().\-]*\d\)?)(?P<sep>\s*[:,])?", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ def leading_address(text: str, region: str) -> Addressed:
     try:
         number = to_e164(match["num"], region)
     except InvalidNumber:
-        meant = match["wa"] or match["sep"] or match["num"][0] in "+(" or not rest.strip()
+        colon = (match["sep"] or "").strip() == ":"
+        meant = match["wa"] or colon or match["num"][0] in "+(" or not rest.strip()
         if meant:
             raise
         return Addressed(None, text)
