@@ -10,7 +10,7 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot import config as settings_loader
-from bot.extensions import db, migrate
+from bot.extensions import csrf, db, migrate
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,12 @@ def create_app(test_config: dict | None = None, env: Mapping[str, str] | None = 
     if env is None:
         load_dotenv()
         env = os.environ
-    app = Flask(__name__, instance_relative_config=True, template_folder="../templates")
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder="../templates",
+        static_folder="../static",
+    )
     app.config.update(settings_loader.load(env, app.instance_path))
     if test_config:
         app.config.update(test_config)
@@ -59,6 +64,7 @@ def register_extensions(app: Flask) -> None:
         )
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
+    csrf.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
@@ -88,9 +94,14 @@ def configure_sqlite(engine) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from bot import webhooks
+    from bot import admin, auth, security, simulator, webhooks
 
+    csrf.exempt(webhooks.bp)  # Twilio signs its requests instead
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(simulator.bp)
+    security.register(app)
 
 
 def register_commands(app: Flask) -> None:

@@ -7,8 +7,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from bot import auth, evidence, phones
 from bot import employees as staff
-from bot import evidence, phones
 from bot import settings as org_settings
 from bot.extensions import db
 
@@ -16,7 +16,9 @@ employees_cli = AppGroup("employees", help="Employees and their lines.")
 settings_cli = AppGroup("settings", help="Company name, default mode and texts.")
 audit_cli = AppGroup("audit", help="The attestation log: export and verify.")
 
-groups = [employees_cli, settings_cli, audit_cli]
+admins_cli = AppGroup("admins", help="Portal sign-ins.")
+
+groups = [employees_cli, settings_cli, audit_cli, admins_cli]
 
 
 def _region() -> str:
@@ -156,3 +158,20 @@ def audit_verify():
     if not report.ok:
         raise click.ClickException(f"{len(report.broken)} broken chain(s) in {summary}")
     click.echo(f"OK: every chain intact ({summary})")
+
+
+@admins_cli.command("create")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def admins_create(email, password_stdin):
+    """Create a portal sign-in (asks for the password)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        admin = auth.create_admin(email, password)
+        db.session.commit()
+    except auth.AuthError as exc:
+        _fail(exc)
+    click.echo(f"admin {admin.email} created")

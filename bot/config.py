@@ -81,6 +81,9 @@ def load(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
         "SIMULATOR_ENABLED": _bool(env, "SIMULATOR_ENABLED", False),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 256 * 1024, minimum=1024),
         "DEBUG": debug,
+        # OWASP's scrypt cost (N=2^17, r=8, p=1); see bot.auth.
+        "PASSWORD_HASH_METHOD": "scrypt:131072:8:1",
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
     }
 
 

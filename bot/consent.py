@@ -144,8 +144,12 @@ def decide(
     return _from_contact(conv, policy, message, now)
 
 
-def carrier_opt_out(conv: Conversation) -> Decision:
-    """Twilio reported error 21610: the contact blocked the line, so they opted out."""
+def opt_out_elsewhere(conv: Conversation) -> Decision:
+    """An opt-out that did not come as a text to the line.
+
+    Twilio's error 21610 (the contact blocked the line), or an admin recording
+    an opt-out received by phone, email or in person.
+    """
     if conv.state is State.OPTED_OUT:
         return Decision(conv, conv, Disposition.ANSWERED)
     return Decision(

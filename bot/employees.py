@@ -46,8 +46,8 @@ def get_active(line: str, region: str) -> Employee:
     return employee
 
 
-def add(name: str, cell: str, line: str, mode: str | None, region: str) -> Employee:
-    """Give an employee a line (the caller commits)."""
+def _validated(name: str, cell: str, line: str, region: str, keeping: int | None = None):
+    """Name, cell and line checked and in E.164; the line must be free (but for ``keeping``)."""
     name = (name or "").strip()
     if not name:
         raise EmployeeError("name: an employee needs a name")
@@ -55,8 +55,15 @@ def add(name: str, cell: str, line: str, mode: str | None, region: str) -> Emplo
     line = _number("line", line, region)
     if cell == line:
         raise EmployeeError("cell and line must be different numbers")
-    if active_by_line(line) is not None:
+    holder = active_by_line(line)
+    if holder is not None and holder.id != keeping:
         raise EmployeeError(f"line {line} already belongs to an active employee")
+    return name, cell, line
+
+
+def add(name: str, cell: str, line: str, mode: str | None, region: str) -> Employee:
+    """Give an employee a line (the caller commits)."""
+    name, cell, line = _validated(name, cell, line, region)
     employee = Employee(name=name, cell=cell, line=line, mode=parse_mode(mode), active=True)
     db.session.add(employee)
     return employee
@@ -80,4 +87,12 @@ def remove(line: str, region: str) -> Employee:
     """Deactivate: the line then answers like an unknown one; its history stays."""
     employee = get_active(line, region)
     employee.active = False
+    return employee
+
+
+def update(employee: Employee, name: str, cell: str, line: str, mode: str | None, region: str):
+    """Change an employee's name, numbers or mode (the caller commits)."""
+    keeping = employee.id if employee.active else None
+    employee.name, employee.cell, employee.line = _validated(name, cell, line, region, keeping)
+    employee.mode = parse_mode(mode)
     return employee

@@ -90,6 +90,7 @@ class RecordKind(StrEnum):
     STATUS = "status"  # Twilio reported a new delivery status
     DISPOSITION = "disposition"  # a held text was released or discarded
     CONSENT = "consent"  # a consent event (SPEC §10)
+    REVIEW = "review"  # an admin reviewed a revocation hint
 
 
 class Timestamps:
@@ -201,6 +202,8 @@ class Message(Timestamps, db.Model):
     signature_valid: Mapped[bool | None] = mapped_column(Boolean)
     # The TwiML answered to this inbound text: replayed for a repeated MessageSid.
     answer: Mapped[str | None] = mapped_column(Text)
+    # A revocation hint's review in the portal: "opted_out" or "dismissed".
+    review: Mapped[str | None] = mapped_column(String(20))
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
@@ -241,3 +244,44 @@ class Attestation(db.Model):
     note: Mapped[str | None] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Admin(Timestamps, db.Model):
+    """A person who signs in to the portal."""
+
+    __tablename__ = "admins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+
+
+class AdminSession(db.Model):
+    """A signed-in browser; deleting the row signs it out wherever the cookie is."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # SHA-256 of the random token in the cookie: a leaked table opens no session.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admins.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    admin: Mapped[Admin] = relationship(lazy="joined")
+
+
+class LoginAttempt(db.Model):
+    """A sign-in attempt, kept in the database so throttling holds across workers and restarts."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_email_at", "email", "at"),
+        Index("ix_login_attempts_address_at", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    succeeded: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -207,9 +207,61 @@ def handle_status(
             signature_valid=signature_valid,
         )
     if changed and error == CARRIER_OPT_OUT and message.recipient == conv.contact:
-        decision = consent.carrier_opt_out(conv.facts)
-        turn = _Turn(None, now, None, None, conv)
-        _apply(turn, decision, mode=None, method="twilio_error_21610", cause=message)
+        _opt_out_elsewhere(conv, now, method="twilio_error_21610", cause=message)
+    db.session.commit()
+    return True
+
+
+def _opt_out_elsewhere(conv: Conversation, now: datetime, method: str, **details) -> bool:
+    decision = consent.opt_out_elsewhere(conv.facts)
+    employee = employees.active_by_line(conv.line)
+    mode = None
+    if employee is not None:
+        settings = org_settings.current()
+        mode = consent.Policy(
+            employee.effective_mode(settings.default_mode), phones.channel_of(conv.contact)
+        ).effective_mode
+    _apply(_Turn(None, now, None, employee, conv), decision, mode=mode, method=method, **details)
+    return bool(decision.events)
+
+
+def record_opt_out(conversation_id: int, admin: str, method: str, note: str, now: datetime) -> bool:
+    """An admin records an opt-out received another way; it takes effect at once."""
+    conv = _lock_by_id(conversation_id)
+    changed = _opt_out_elsewhere(conv, now, method=method, admin=admin, note=note or None)
+    db.session.commit()
+    return changed
+
+
+def review_hint(
+    message_id: int, admin: str, opted_out: bool, reason: str, method: str, now: datetime
+) -> bool:
+    """Close a revocation hint: record the opt-out it asked for, or dismiss it with a reason."""
+    found = db.session.get(Message, message_id)
+    if found is None or not found.hint:
+        return False
+    conv = _lock_by_id(found.conversation_id)
+    message = db.session.get(Message, message_id, populate_existing=True)
+    if message.review is not None:
+        db.session.rollback()
+        return False
+    message.review = "opted_out" if opted_out else "dismissed"
+    evidence.append(
+        conv,
+        created_at=now,
+        kind=RecordKind.REVIEW,
+        message_ref=message.ref,
+        direction=Direction.INBOUND,
+        twilio_sid=message.twilio_sid,
+        body=message.body,
+        admin=admin,
+        status=message.review,
+        note=reason or None,
+    )
+    if opted_out:
+        _opt_out_elsewhere(
+            conv, now, method=method, cause=message, admin=admin, note=reason or None
+        )
     db.session.commit()
     return True
 
@@ -434,6 +486,8 @@ def _apply(
     mode: consent.Mode | None,
     method: str = "sms",
     cause: Message | None = None,
+    admin: str | None = None,
+    note: str | None = None,
 ) -> None:
     """Carry out a decision: texts, releases, discards, state and consent events."""
     for step in decision.steps:
@@ -470,6 +524,8 @@ def _apply(
             cause_body=cause.body if cause else None,
             signature_valid=cause.signature_valid if cause else None,
             method=method,
+            admin=admin,
+            note=note,
         )
 
 

@@ -20,7 +20,16 @@ BASE = "http://localhost"
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgres"] if TEST_DATABASE_URL else [])
-TABLES = ("attestations", "messages", "conversations", "employees", "settings")
+TABLES = (
+    "attestations",
+    "messages",
+    "conversations",
+    "employees",
+    "settings",
+    "admin_sessions",
+    "login_attempts",
+    "admins",
+)
 
 
 def base_env(database_url: str, **overrides: str) -> dict[str, str]:

@@ -1,0 +1,483 @@
+"""The portal (SPEC §11): dashboard, employees, settings, contacts, log."""
+
+import contextlib
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from sqlalchemy import func, or_, select
+
+from bot import employees as staff
+from bot import evidence, phones, relay, texts
+from bot import settings as org_settings
+from bot.auth import current_admin, login_required
+from bot.consent import State
+from bot.extensions import db
+from bot.forms import (
+    ActionForm,
+    ContactNameForm,
+    DismissForm,
+    EmployeeForm,
+    OptOutForm,
+    OrganisationForm,
+    TextForm,
+)
+from bot.models import Attestation, Conversation, Direction, Employee, Message, RecordKind, utcnow
+
+bp = Blueprint("admin", __name__)
+
+PAGE_SIZE = 50
+FAILED = ("failed", "undelivered")
+SAMPLE_CONTACT = "+14155550123"
+
+
+@bp.before_request
+@login_required
+def require_login():
+    """Every page of the portal is behind the sign-in."""
+
+
+@bp.app_template_filter("phone")
+def phone_filter(address: str | None) -> str:
+    return phones.readable(address) if address else ""
+
+
+@bp.app_template_filter("when")
+def when_filter(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
+
+
+@bp.app_template_global()
+def page_url(number: int) -> str:
+    """This page's URL with its filters, at another page number."""
+    args = request.args.to_dict() | {"page": number}
+    return url_for(request.endpoint, **(request.view_args or {}), **args)
+
+
+def _pending_hints():
+    return (
+        select(Message, Conversation)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.hint.is_(True), Message.review.is_(None))
+        .order_by(Message.id.desc())
+    )
+
+
+# -- dashboard ------------------------------------------------------------------
+
+
+@bp.get("/")
+def dashboard():
+    counts = dict(
+        db.session.execute(
+            select(Conversation.state, func.count()).group_by(Conversation.state)
+        ).all()
+    )
+    recent = db.session.execute(
+        select(Attestation, Conversation)
+        .join(Conversation, Conversation.id == Attestation.conversation_id)
+        .where(Attestation.kind == RecordKind.CONSENT)
+        .order_by(Attestation.id.desc())
+        .limit(10)
+    ).all()
+    hints = db.session.execute(_pending_hints().limit(10)).all()
+    failures = db.session.execute(
+        select(Message, Conversation)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.status.in_(FAILED))
+        .order_by(Message.id.desc())
+        .limit(10)
+    ).all()
+    return render_template(
+        "admin/dashboard.html",
+        counts=[(state, counts.get(state, 0)) for state in State],
+        recent=recent,
+        hints=hints,
+        failures=failures,
+    )
+
+
+# -- employees --------------------------------------------------------------------
+
+
+@bp.route("/employees", methods=["GET", "POST"])
+def employees():
+    form = EmployeeForm()
+    if form.validate_on_submit():
+        try:
+            employee = staff.add(
+                form.name.data,
+                form.cell.data,
+                form.line.data,
+                form.mode.data or None,
+                current_app.config["DEFAULT_REGION"],
+            )
+            db.session.commit()
+        except staff.EmployeeError as exc:
+            db.session.rollback()
+            flash(str(exc), "error")
+            return render_template("admin/employees.html", form=form, rows=staff.listing()), 400
+        flash(f"{employee.name} now has the line {phones.readable(employee.line)}.", "info")
+        return redirect(url_for("admin.employees"))
+    return render_template(
+        "admin/employees.html", form=form, rows=staff.listing(), action=ActionForm()
+    )
+
+
+@bp.route("/employees/<int:employee_id>", methods=["GET", "POST"])
+def employee_edit(employee_id: int):
+    employee = db.session.get(Employee, employee_id) or abort(404)
+    form = EmployeeForm(obj=employee)
+    if request.method == "GET":
+        form.mode.data = employee.mode.value if employee.mode else ""
+        form.cell.data = phones.readable(employee.cell)
+        form.line.data = phones.readable(employee.line)
+    if form.validate_on_submit():
+        try:
+            staff.update(
+                employee,
+                form.name.data,
+                form.cell.data,
+                form.line.data,
+                form.mode.data or None,
+                current_app.config["DEFAULT_REGION"],
+            )
+            db.session.commit()
+        except staff.EmployeeError as exc:
+            db.session.rollback()
+            flash(str(exc), "error")
+            return render_template("admin/employee_edit.html", form=form, employee=employee), 400
+        flash(f"{employee.name} saved.", "info")
+        return redirect(url_for("admin.employees"))
+    return render_template(
+        "admin/employee_edit.html", form=form, employee=employee, action=ActionForm()
+    )
+
+
+@bp.post("/employees/<int:employee_id>/deactivate")
+def employee_deactivate(employee_id: int):
+    employee = db.session.get(Employee, employee_id) or abort(404)
+    if ActionForm().validate_on_submit():
+        employee.active = False
+        db.session.commit()
+        flash(f"{employee.name}'s line is deactivated; its history stays.", "info")
+    return redirect(url_for("admin.employees"))
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+def _sample_values(settings: org_settings.Settings) -> dict[str, str]:
+    employee = db.session.execute(
+        select(Employee).where(Employee.active.is_(True)).order_by(Employee.id).limit(1)
+    ).scalar_one_or_none()
+    return {
+        "employee_name": employee.name if employee else "Alex Sample",
+        "company_name": settings.company_name or "(company name not set)",
+        "contact": SAMPLE_CONTACT,
+        "body": "Hi, is Tuesday at 10 still good?",
+    }
+
+
+@bp.route("/settings", methods=["GET", "POST"])
+def settings():
+    current = org_settings.current()
+    form = OrganisationForm()
+    if request.method == "GET":
+        form.company_name.data = current.company_name
+        form.default_mode.data = current.default_mode.value
+    if form.validate_on_submit():
+        org_settings.put("company_name", form.company_name.data or "")
+        org_settings.put("default_mode", form.default_mode.data)
+        db.session.commit()
+        flash("Settings saved. They apply from the next message on.", "info")
+        return redirect(url_for("admin.settings"))
+    values = _sample_values(current)
+    rows = [
+        (
+            key,
+            current.text(key),
+            texts.render(current.text(key), values),
+            f"text.{key}" in current.saved,
+            org_settings.warnings(f"text.{key}", current.text(key)),
+        )
+        for key in texts.DEFAULTS
+    ]
+    return render_template("admin/settings.html", form=form, rows=rows)
+
+
+@bp.route("/settings/texts/<key>", methods=["GET", "POST"])
+def text_edit(key: str):
+    if key not in texts.DEFAULTS:
+        abort(404)
+    current = org_settings.current()
+    form = TextForm()
+    if request.method == "GET":
+        form.value.data = current.text(key)
+    value = form.value.data or ""
+    warnings = org_settings.warnings(f"text.{key}", value)
+    if form.validate_on_submit() and request.form.get("action") == "save":
+        try:
+            org_settings.put(f"text.{key}", value)
+        except org_settings.SettingError as exc:
+            flash(str(exc), "error")
+        else:
+            db.session.commit()
+            flash(f"Saved {key}.", "info")
+            for warning in warnings:
+                flash(f"Warning: {warning}.", "warning")
+            return redirect(url_for("admin.settings") + f"#text-{key}")
+    values = _sample_values(current)
+    return render_template(
+        "admin/text_edit.html",
+        form=form,
+        key=key,
+        default=texts.DEFAULTS[key],
+        preview=texts.render(value, values),
+        values=values,
+        warnings=warnings,
+        saved=f"text.{key}" in current.saved,
+        action=ActionForm(),
+    )
+
+
+@bp.post("/settings/texts/<key>/reset")
+def text_reset(key: str):
+    if key not in texts.DEFAULTS:
+        abort(404)
+    if ActionForm().validate_on_submit():
+        org_settings.reset(f"text.{key}")
+        db.session.commit()
+        flash(f"{key} is back to the default.", "info")
+    return redirect(url_for("admin.settings") + f"#text-{key}")
+
+
+# -- contacts -------------------------------------------------------------------------
+
+
+@bp.get("/contacts")
+def contacts():
+    query = (request.args.get("q") or "").strip()
+    stmt = select(Conversation).order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+    if query:
+        digits = "".join(c for c in query if c.isdigit())
+        conditions = [Conversation.contact_name.ilike(f"%{query}%")]
+        if digits:
+            conditions.append(Conversation.contact.like(f"%{digits}%"))
+        else:
+            conditions.append(Conversation.contact.ilike(f"%{query}%"))
+        stmt = stmt.where(or_(*conditions))
+    page = db.paginate(stmt, per_page=PAGE_SIZE, error_out=False)
+    names = {e.line: e.name for e in staff.listing() if e.active}
+    hints = db.session.execute(_pending_hints()).all()
+    return render_template(
+        "admin/contacts.html", page=page, q=query, names=names, hints=hints, action=ActionForm()
+    )
+
+
+@bp.get("/contacts/<int:conversation_id>")
+def conversation(conversation_id: int):
+    conv = db.session.get(Conversation, conversation_id) or abort(404)
+    entries = db.session.execute(
+        select(Attestation).where(Attestation.conversation_id == conv.id).order_by(Attestation.seq)
+    ).scalars()
+    hints = db.session.execute(
+        select(Message).where(
+            Message.conversation_id == conv.id, Message.hint.is_(True), Message.review.is_(None)
+        )
+    ).scalars()
+    name_form = ContactNameForm(name=conv.contact_name)
+    return render_template(
+        "admin/conversation.html",
+        conv=conv,
+        entries=list(entries),
+        hints=list(hints),
+        employee=staff.active_by_line(conv.line),
+        name_form=name_form,
+        opt_out_form=OptOutForm(),
+        dismiss_form=DismissForm(),
+    )
+
+
+@bp.post("/contacts/<int:conversation_id>/name")
+def conversation_name(conversation_id: int):
+    conv = db.session.get(Conversation, conversation_id) or abort(404)
+    form = ContactNameForm()
+    if form.validate_on_submit():
+        conv.contact_name = (form.name.data or "").strip() or None
+        db.session.commit()
+        flash("Name saved.", "info")
+    return redirect(url_for("admin.conversation", conversation_id=conv.id))
+
+
+@bp.post("/contacts/<int:conversation_id>/opt-out")
+def conversation_opt_out(conversation_id: int):
+    conv = db.session.get(Conversation, conversation_id) or abort(404)
+    form = OptOutForm()
+    if form.validate_on_submit():
+        db.session.rollback()
+        changed = relay.record_opt_out(
+            conv.id, current_admin().email, form.method.data, form.note.data or "", utcnow()
+        )
+        flash(
+            "Opt-out recorded; nothing more will be sent to this contact."
+            if changed
+            else "This contact had already opted out.",
+            "info",
+        )
+    else:
+        flash("Choose how the opt-out was received.", "error")
+    return redirect(url_for("admin.conversation", conversation_id=conversation_id))
+
+
+@bp.post("/hints/<int:message_id>/<action>")
+def hint_review(message_id: int, action: str):
+    message = db.session.get(Message, message_id) or abort(404)
+    if action not in ("opt-out", "dismiss"):
+        abort(404)
+    form = OptOutForm() if action == "opt-out" else DismissForm()
+    if form.validate_on_submit():
+        reason = form.note.data if action == "opt-out" else form.reason.data
+        method = f"revocation hint: {form.method.data}" if action == "opt-out" else ""
+        db.session.rollback()
+        done = relay.review_hint(
+            message_id, current_admin().email, action == "opt-out", reason or "", method, utcnow()
+        )
+        flash("Review recorded." if done else "This hint was already reviewed.", "info")
+    else:
+        flash("Give a reason to dismiss a hint.", "error")
+    return redirect(url_for("admin.conversation", conversation_id=message.conversation_id))
+
+
+# -- log --------------------------------------------------------------------------------
+
+
+def _log_query():
+    """Messages filtered by the query string: line, contact, direction, status, dates."""
+    args = request.args
+    stmt = select(Message, Conversation).join(
+        Conversation, Conversation.id == Message.conversation_id
+    )
+    filters = {}
+    if line := (args.get("line") or "").strip():
+        filters["line"] = line
+        with contextlib.suppress(phones.InvalidNumber):
+            line = phones.to_e164(line, current_app.config["DEFAULT_REGION"])
+        stmt = stmt.where(Conversation.line == line)
+    if contact := (args.get("contact") or "").strip():
+        filters["contact"] = contact
+        digits = "".join(c for c in contact if c.isdigit()) or contact
+        stmt = stmt.where(
+            or_(
+                Conversation.contact.like(f"%{digits}%"),
+                Conversation.contact_name.ilike(f"%{contact}%"),
+            )
+        )
+    if (direction := args.get("direction")) in ("inbound", "outbound"):
+        filters["direction"] = direction
+        stmt = stmt.where(Message.direction == Direction(direction))
+    if status := (args.get("status") or "").strip():
+        filters["status"] = status
+        stmt = stmt.where(or_(Message.status == status, Message.disposition == status))
+    for name, op in (("since", "ge"), ("until", "lt")):
+        raw = (args.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            day = datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            flash(f"{name}: use YYYY-MM-DD", "error")
+            continue
+        filters[name] = raw
+        if op == "ge":
+            stmt = stmt.where(Message.created_at >= day)
+        else:
+            stmt = stmt.where(Message.created_at < day + timedelta(days=1))
+    return stmt.order_by(Message.id.desc()), filters
+
+
+@bp.get("/log")
+def log():
+    stmt, filters = _log_query()
+    page = db.paginate(stmt, per_page=PAGE_SIZE, error_out=False)
+    lines = [e.line for e in staff.listing()]
+    return render_template(
+        "admin/log.html", page=page, filters=filters, lines=lines, action=ActionForm()
+    )
+
+
+LOG_COLUMNS = (
+    "time",
+    "direction",
+    "line",
+    "contact",
+    "from",
+    "to",
+    "body",
+    "media",
+    "twilio_sid",
+    "status",
+    "error_code",
+    "disposition",
+    "recovered",
+)
+
+
+@bp.get("/log.csv")
+def log_csv():
+    stmt, _filters = _log_query()
+    stmt = stmt.execution_options(yield_per=1000)
+
+    def rows():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(LOG_COLUMNS)
+        for message, conv in db.session.execute(stmt):
+            writer.writerow(
+                [
+                    when_filter(message.created_at),
+                    message.direction.value,
+                    conv.line,
+                    conv.contact,
+                    message.sender,
+                    message.recipient,
+                    message.body,
+                    " ".join(m["url"] for m in message.media),
+                    message.twilio_sid or "",
+                    message.status,
+                    message.error_code or "",
+                    message.disposition.value if message.disposition else "",
+                    "yes" if message.recovered else "",
+                ]
+            )
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+
+    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="consentline-log-{stamp}.csv"'},
+    )
+
+
+@bp.post("/log/verify")
+def log_verify():
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    db.session.rollback()
+    report = evidence.verify()
+    return render_template("admin/verify.html", report=report)
