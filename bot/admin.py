@@ -18,6 +18,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import contains_eager
 
 from bot import employees as staff
 from bot import evidence, phones, relay, texts
@@ -367,9 +368,7 @@ def hint_review(message_id: int, action: str):
 def _log_query():
     """Messages filtered by the query string: line, contact, direction, status, dates."""
     args = request.args
-    stmt = select(Message, Conversation).join(
-        Conversation, Conversation.id == Message.conversation_id
-    )
+    stmt = select(Message).join(Message.conversation).options(contains_eager(Message.conversation))
     filters = {}
     if line := (args.get("line") or "").strip():
         filters["line"] = line
@@ -443,28 +442,39 @@ def log_csv():
     def rows():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(LOG_COLUMNS)
-        for message, conv in db.session.execute(stmt):
-            writer.writerow(
-                [
-                    when_filter(message.created_at),
-                    message.direction.value,
-                    conv.line,
-                    conv.contact,
-                    message.sender,
-                    message.recipient,
-                    message.body,
-                    " ".join(m["url"] for m in message.media),
-                    message.twilio_sid or "",
-                    message.status,
-                    message.error_code or "",
-                    message.disposition.value if message.disposition else "",
-                    "yes" if message.recovered else "",
-                ]
-            )
-            yield buffer.getvalue()
+
+        def flush() -> str:
+            text = buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
+            return text
+
+        writer.writerow(LOG_COLUMNS)
+        yield flush()
+        result = db.session.execute(stmt).scalars()
+        try:
+            for message in result:
+                conv = message.conversation
+                writer.writerow(
+                    [
+                        when_filter(message.created_at),
+                        message.direction.value,
+                        conv.line,
+                        conv.contact,
+                        message.sender,
+                        message.recipient,
+                        message.body,
+                        " ".join(m["url"] for m in message.media),
+                        message.twilio_sid or "",
+                        message.status,
+                        message.error_code or "",
+                        message.disposition.value if message.disposition else "",
+                        "yes" if message.recovered else "",
+                    ]
+                )
+                yield flush()
+        finally:
+            result.close()  # also when the browser goes away mid-download
 
     stamp = utcnow().strftime("%Y%m%d-%H%M%S")
     return Response(

@@ -2,20 +2,21 @@
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length, Optional
 
 MODE_CHOICES = [
-    ("", "Follow the organisation default"),
-    ("consent", "Opt-In with Consent"),
-    ("disclaimer", "Opt-In Disclaimer Only"),
-    ("off", "Off (relay only; STOP still honoured)"),
+    SelectChoice("", "Follow the organisation default"),
+    SelectChoice("consent", "Opt-In with Consent"),
+    SelectChoice("disclaimer", "Opt-In Disclaimer Only"),
+    SelectChoice("off", "Off (relay only; STOP still honoured)"),
 ]
 OPT_OUT_METHODS = [
-    ("phone call", "Phone call"),
-    ("email", "Email"),
-    ("in person", "In person"),
-    ("letter", "Letter"),
-    ("other", "Other"),
+    SelectChoice("phone call", "Phone call"),
+    SelectChoice("email", "Email"),
+    SelectChoice("in person", "In person"),
+    SelectChoice("letter", "Letter"),
+    SelectChoice("other", "Other"),
 ]
 
 

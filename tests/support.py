@@ -1,6 +1,7 @@
 """Test support: constants, app factory, TwiML parsing and a Twilio-like signer."""
 
 import os
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -96,7 +97,6 @@ class Twilio:
         self.client = client
         self.validator = RequestValidator(token)
         self.base = base
-        self.count = 0
 
     def post(self, path: str, params: dict, headers: dict | None = None, url: str | None = None):
         signature = self.validator.compute_signature(url or self.base + path, params)
@@ -106,9 +106,8 @@ class Twilio:
 
     def sms(self, sender: str, body: str = "", to: str = LINE, sid: str | None = None, **extra):
         """Deliver one inbound text; answer the parsed TwiML (asserting a 200)."""
-        self.count += 1
         params = {
-            "MessageSid": sid or f"SM{self.count:032d}",
+            "MessageSid": sid or "SM" + uuid.uuid4().hex,
             "AccountSid": "AC" + "0" * 32,
             "From": sender,
             "To": to,

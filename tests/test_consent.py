@@ -20,9 +20,9 @@ from bot.consent import (
     Role,
     State,
     Text,
-    carrier_opt_out,
     decide,
     flows,
+    opt_out_elsewhere,
 )
 from bot.keywords import Classification, Kind, classify
 
@@ -814,9 +814,9 @@ def test_texts_to_lists_the_keys_for_one_side_in_order():
 
 
 @pytest.mark.parametrize("state", [s for s in STATES if s is not State.OPTED_OUT])
-def test_carrier_opt_out_records_an_opt_out(state):
+def test_opt_out_elsewhere_records_an_opt_out(state):
     before = conversation_in(state)
-    assert carrier_opt_out(before) == Decision(
+    assert opt_out_elsewhere(before) == Decision(
         before,
         Conversation(State.OPTED_OUT, before.initiator, before.last_request_at),
         ANSWERED,
@@ -826,8 +826,8 @@ def test_carrier_opt_out_records_an_opt_out(state):
     )
 
 
-def test_carrier_opt_out_of_an_opted_out_contact_changes_nothing():
-    assert carrier_opt_out(OPTED_OUT) == Decision(OPTED_OUT, OPTED_OUT, ANSWERED)
+def test_opt_out_elsewhere_of_an_opted_out_contact_changes_nothing():
+    assert opt_out_elsewhere(OPTED_OUT) == Decision(OPTED_OUT, OPTED_OUT, ANSWERED)
 
 
 # -- properties (SPEC §2, §4–§6; STYLE "the domain's state machine") ----------------------
@@ -1003,8 +1003,8 @@ def test_state_machine_properties(scenario):
     for event in events:
         before = model.conv
         if event == CARRIER:
-            decision = carrier_opt_out(before)
-            assert decision == carrier_opt_out(before)
+            decision = opt_out_elsewhere(before)
+            assert decision == opt_out_elsewhere(before)
             assert decision.after.state is State.OPTED_OUT
             assert decision.steps == ()
         else:
