@@ -10,7 +10,7 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot import config as settings_loader
-from bot.extensions import csrf, db, migrate
+from bot.extensions import READ_ONLY, csrf, db, migrate
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,12 @@ def register_extensions(app: Flask) -> None:
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
     if uri.startswith("postgresql"):
-        # Fail within Twilio's 15-second wait rather than hang past it.
-        options.setdefault(
-            "connect_args",
-            {"connect_timeout": 5, "options": "-c lock_timeout=10000 -c statement_timeout=12000"},
-        )
+        connect_args = {"connect_timeout": 5}
+        if not os.environ.get("FLASK_RUN_FROM_CLI"):
+            # The web answers within Twilio's 15-second wait rather than hang past
+            # it; commands (migrations, exports) may take as long as they need.
+            connect_args["options"] = "-c lock_timeout=10000 -c statement_timeout=12000"
+        options.setdefault("connect_args", connect_args)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
     csrf.init_app(app)
@@ -76,6 +77,8 @@ def configure_sqlite(engine) -> None:
 
     BEGIN IMMEDIATE takes the write lock up front, so concurrent webhooks (several
     gunicorn workers) queue on the busy timeout instead of deadlocking on upgrade.
+    Long reads (export, verify) say so with ``read_only()`` and take no lock: WAL
+    lets them read a snapshot while webhooks go on writing.
     """
 
     @event.listens_for(engine, "connect")
@@ -90,7 +93,8 @@ def configure_sqlite(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = connection.get_execution_options().get(READ_ONLY)
+        connection.exec_driver_sql("BEGIN DEFERRED" if reading else "BEGIN IMMEDIATE")
 
 
 def register_blueprints(app: Flask) -> None:

@@ -66,6 +66,9 @@ class Conversation:
     state: State = State.NEW
     initiator: Role | None = None
     last_request_at: datetime | None = None
+    # The opt-out came classified by Twilio (Advanced Opt-Out): then only
+    # Twilio's own START classification tells that its block was lifted.
+    twilio_opt_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,23 @@ def opt_out_elsewhere(conv: Conversation) -> Decision:
     )
 
 
+def unrouted(conv: Conversation, message: Classification) -> Decision:
+    """A text to a line no active employee has: only an opt-out has any effect.
+
+    Nothing is sent (there is nobody to relay to), but a STOP still counts, so
+    the next employee given this line cannot text someone who said STOP.
+    """
+    if message.kind is Kind.OPT_OUT and conv.state is not State.OPTED_OUT:
+        return Decision(
+            conv,
+            replace(conv, state=State.OPTED_OUT, twilio_opt_out=message.by_twilio),
+            Disposition.ANSWERED,
+            discard_held=True,
+            events=(Event.OPTED_OUT,),
+        )
+    return Decision(conv, conv, Disposition.ANSWERED)
+
+
 # -- contact → line (SPEC §5) -------------------------------------------------
 
 
@@ -181,12 +201,13 @@ def _from_contact(
             # One confirmation only. What they wrote since stays held for a START.
             return Decision(conv, conv, Disposition.ANSWERED)
         steps: list[Step] = []
-        if not policy.filtered:
+        if not (policy.filtered and message.carrier):
+            # Twilio confirms (and blocks) only its own opt-out words.
             steps.append(Text(Role.CONTACT, "opt_out.to_contact"))
         steps.append(Text(Role.EMPLOYEE, "opt_out.to_employee"))
         return Decision(
             conv,
-            replace(conv, state=State.OPTED_OUT),
+            replace(conv, state=State.OPTED_OUT, twilio_opt_out=message.by_twilio),
             Disposition.ANSWERED,
             tuple(steps),
             discard_held=True,
@@ -211,8 +232,11 @@ def _from_contact(
 def _is_consent_answer(conv: Conversation, policy: Policy, message: Classification) -> bool:
     """An opt-in word answers a consent question only where messages do not flow yet."""
     if conv.state is State.OPTED_OUT:
-        # After a filtered opt-out only START, UNSTOP and YES lift Twilio's block.
-        return message.lifts_block or not policy.filtered
+        if not policy.filtered:
+            return True
+        # After a filtered opt-out only START, UNSTOP and YES lift Twilio's block;
+        # under Advanced Opt-Out, Twilio's own START classification says so.
+        return message.by_twilio if conv.twilio_opt_out else message.lifts_block
     return policy.effective_mode is Mode.CONSENT and conv.state in (
         State.NEW,
         State.DISCLOSED,
@@ -226,7 +250,7 @@ def _opt_in(conv: Conversation) -> Decision:
     prefix = f"consent.{variant or Role.CONTACT}_initiated.opted_in"
     return Decision(
         conv,
-        Conversation(State.OPTED_IN, variant or Role.CONTACT, conv.last_request_at),
+        Conversation(State.OPTED_IN, variant or Role.CONTACT, conv.last_request_at, False),
         Disposition.ANSWERED,
         (
             Text(Role.CONTACT, f"{prefix}.to_contact"),
@@ -245,7 +269,7 @@ def _request_consent(conv: Conversation, initiator: Role, now: datetime) -> Deci
         events = (Event.RE_ENGAGED, Event.REQUEST_SENT)
     return Decision(
         conv,
-        Conversation(State.PENDING, initiator, now),
+        Conversation(State.PENDING, initiator, now, False),
         Disposition.HELD,
         (Text(Role.CONTACT, f"{prefix}.to_contact"), Text(Role.EMPLOYEE, f"{prefix}.to_employee")),
         events=events,
@@ -311,7 +335,7 @@ def _opted_out_contact_wrote(conv: Conversation, policy: Policy, now: datetime) 
     steps += [RELEASE, RELAY, Text(Role.EMPLOYEE, "consent.contact_initiated.opted_in.to_employee")]
     return Decision(
         conv,
-        replace(conv, state=State.DISCLOSED, initiator=Role.CONTACT),
+        replace(conv, state=State.DISCLOSED, initiator=Role.CONTACT, twilio_opt_out=False),
         Disposition.RELAYED,
         tuple(steps),
         events=events,

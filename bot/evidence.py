@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import IO, Any
 
-from sqlalchemy import select
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy import String, func, select, type_coerce
 
-from bot.extensions import db
+from bot.extensions import db, read_only
 from bot.models import GENESIS, Attestation, Conversation, utcnow
 
 # The fields each entry's hash covers, in this order (with line and contact).
@@ -96,9 +97,25 @@ class Report:
         return not self.broken
 
 
+def _raw(name: str):
+    """A hashed column read as stored, so a tampered value cannot stop the reader."""
+    column = getattr(Attestation, name)
+    if name == "created_at":
+        return column if db.engine.dialect.name == "postgresql" else type_coerce(column, String)
+    if isinstance(column.type, SAEnum):
+        return type_coerce(column, String)
+    return column
+
+
+def _as_stored(name: str, value: Any) -> Any:
+    if name == "created_at" and isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value
+
+
 def _rows(batch: int) -> Iterator[Any]:
     """Every conversation with its entries, in chain order, streamed."""
-    columns = [getattr(Attestation, name) for name in HASHED[1:]]
     stmt = (
         select(
             Conversation.id,
@@ -107,7 +124,7 @@ def _rows(batch: int) -> Iterator[Any]:
             Conversation.chain_head,
             Conversation.chain_length,
             Attestation.seq,
-            *columns,
+            *(_raw(name).label(name) for name in HASHED[1:]),
             Attestation.prev_hash,
             Attestation.hash,
         )
@@ -118,8 +135,18 @@ def _rows(batch: int) -> Iterator[Any]:
     yield from db.session.execute(stmt)
 
 
+def _orphans() -> int:
+    """Entries whose conversation is gone (possible only with foreign keys off)."""
+    return db.session.execute(
+        select(func.count(Attestation.id)).where(
+            ~Attestation.conversation_id.in_(select(Conversation.id))
+        )
+    ).scalar()
+
+
 def verify(batch: int = 5000) -> Report:
     """Recompute every chain; name each conversation whose chain does not hold."""
+    read_only()
     report = Report(broken=[])
     current = None
     expected_seq, prev, fault = 1, GENESIS, None
@@ -146,32 +173,41 @@ def verify(batch: int = 5000) -> Report:
         report.entries += 1
         if fault is not None:
             continue
-        values = {name: getattr(row, name) for name in HASHED}
+        try:
+            values = {name: _as_stored(name, getattr(row, name)) for name in HASHED}
+            computed = digest(row.line, row.contact, prev, values)
+        except (TypeError, ValueError):
+            computed = None
         if row.seq != expected_seq:
             fault = f"entry {expected_seq} is missing (found {row.seq})"
         elif row.prev_hash != prev:
             fault = f"entry {row.seq} does not follow entry {row.seq - 1}"
-        elif digest(row.line, row.contact, prev, values) != row.hash:
+        elif computed != row.hash:
             fault = f"entry {row.seq} was altered"
         prev = row.hash
         expected_seq += 1
     if last is not None:
         close(last)
+    orphans = _orphans()
+    if orphans:
+        report.entries += orphans
+        report.broken.append(Broken("?", "?", f"{orphans} entries belong to no conversation"))
+    db.session.rollback()
     return report
 
 
 def export(out: IO[str], since: datetime | None = None, batch: int = 5000) -> int:
     """Write the attestation log as CSV, streamed in constant memory; return the count."""
-    columns = [getattr(Attestation, name) for name in HASHED]
+    read_only()
     stmt = (
         select(
             Conversation.line,
             Conversation.contact,
-            *columns,
+            *(_raw(name) for name in HASHED),
             Attestation.prev_hash,
             Attestation.hash,
         )
-        .join(Conversation, Conversation.id == Attestation.conversation_id)
+        .outerjoin(Conversation, Conversation.id == Attestation.conversation_id)
         .order_by(Attestation.id)
         .execution_options(yield_per=batch)
     )
@@ -183,4 +219,5 @@ def export(out: IO[str], since: datetime | None = None, batch: int = 5000) -> in
     for row in db.session.execute(stmt):
         writer.writerow(["" if v is None else _canonical(v) for v in row])
         count += 1
+    db.session.rollback()
     return count

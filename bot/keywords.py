@@ -31,7 +31,11 @@ OPT_OUT_WORDS = frozenset(
 OPT_IN_WORDS = frozenset({"YES", "Y", "START", "UNSTOP", "OPTIN", "OPT IN", "OPT-IN"})
 HELP_WORDS = frozenset({"HELP", "INFO"})
 
-# The opt-in words that also lift Twilio's own block after a filtered opt-out.
+# What Twilio itself acts on without Advanced Opt-Out: its opt-out words block
+# every later send, and these opt-in words lift that block again.
+CARRIER_OPT_OUT_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+)
 CARRIER_OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
 
 _OPT_OUT_TYPES = {"STOP": Kind.OPT_OUT, "START": Kind.OPT_IN, "HELP": Kind.HELP}
@@ -44,14 +48,19 @@ _HINTS = re.compile(
         (\s+and\s+\w+ing)?\s+(me|us)\b
     | \b(stop|quit)\s+(texting|messaging|spamming)\b\W*$
     | \bstop\s+sending\s+(me\s+)?(these\s+|your\s+|any\s+)?(text\s+)?(texts|messages|sms)\b
-    | \b(don't|dont|do\s+not|never)\s+(text|message|contact|sms)\s+me\b
+    | ^\W*stop\s+sending\W*$
+    | \b(don't|dont|do\s+not|never)\s+(text|message|contact|sms)\s+me\s*
+        (again|anymore|any\s+more|ever)\b
+    | \b(don't|dont|do\s+not|never)\s+(text|message|contact|sms)\s+me\W*$
     | \bno\s+more\s+(texts|messages|sms)\b
     | \bunsubscribe\b
-    | \bremove\s+(me|my\s+number)\b(?!\s+from\s+the\s+(invoice|order|bill|quote))
+    | \bremove\s+(me|my\s+number)\s+from\s+(your|the|this)\s+(list|contacts|texts|messages|mailing)
+    | \bremove\s+(me|my\s+number)\W*(please)?\W*$
     | \btake\s+(me|my\s+number)\s+off\s+(your|the|this)\s+(list|contacts|texts)\b
     | \bopt\s*-?\s*(me\s+)?out\b(?!\s+of\s+(the|an?|my)\s+(?!texts|messages))
     | \bleave\s+me\s+alone\b
     | ^\W*(please\s+)?stop(\s+(please|pls|plz|now|it|this|that|all|them))+\W*$
+    | ^\W*please\s+stop\W*$
     """,
     re.IGNORECASE | re.VERBOSE,
 )
@@ -73,6 +82,10 @@ class Classification:
     lifts_block: bool = False
     # Not a keyword, but reads like a request to stop (§4 revocation hint).
     hint: bool = False
+    # Twilio classified it (Advanced Opt-Out sent OptOutType).
+    by_twilio: bool = False
+    # An opt-out that Twilio itself acts on (blocks the contact and confirms).
+    carrier: bool = False
 
 
 TEXT = Classification(Kind.TEXT)
@@ -91,10 +104,12 @@ def classify(body: str, opt_out_type: str | None = None) -> Classification:
     """Classify a contact's text; Twilio's ``OptOutType`` wins over the body."""
     twilio_kind = _OPT_OUT_TYPES.get((opt_out_type or "").strip().upper())
     if twilio_kind is not None:
-        return Classification(twilio_kind, lifts_block=twilio_kind is Kind.OPT_IN)
+        return Classification(
+            twilio_kind, lifts_block=twilio_kind is Kind.OPT_IN, by_twilio=True, carrier=True
+        )
     word = normalise(body)
     if word in OPT_OUT_WORDS:
-        return Classification(Kind.OPT_OUT)
+        return Classification(Kind.OPT_OUT, carrier=word in CARRIER_OPT_OUT_WORDS)
     if word in OPT_IN_WORDS:
         return Classification(Kind.OPT_IN, lifts_block=word in CARRIER_OPT_IN_WORDS)
     if word in HELP_WORDS:

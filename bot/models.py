@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -144,12 +145,14 @@ class Conversation(Timestamps, db.Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    line: Mapped[str] = mapped_column(String(64))
+    line: Mapped[str] = mapped_column(String(255))
     contact: Mapped[str] = mapped_column(String(255))
     contact_name: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[consent.State] = mapped_column(_enum(consent.State), default=consent.State.NEW)
     initiator: Mapped[consent.Role | None] = mapped_column(_enum(consent.Role))
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The opt-out came classified by Twilio's Advanced Opt-Out (see bot.consent).
+    twilio_opt_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # When the contact last wrote or the employee last addressed them: the
     # line's current contact is the conversation with the latest value.
     addressed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -162,7 +165,9 @@ class Conversation(Timestamps, db.Model):
 
     @property
     def facts(self) -> consent.Conversation:
-        return consent.Conversation(self.state, self.initiator, self.last_request_at)
+        return consent.Conversation(
+            self.state, self.initiator, self.last_request_at, self.twilio_opt_out
+        )
 
     def display(self) -> str:
         """How the contact is named to the employee: saved name, else the address."""

@@ -75,13 +75,25 @@ class Addressed:
     body: str
 
 
+def _longest_number(candidate: str, region: str) -> tuple[str, int] | None:
+    """The longest start of ``candidate``, cut at a space, that is a valid number."""
+    cuts = [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if candidate[i] == " "]
+    for cut in cuts:
+        try:
+            return to_e164(candidate[:cut], region), cut
+        except InvalidNumber:
+            continue
+    return None
+
+
 def leading_address(text: str, region: str) -> Addressed:
     """Split ``+15551234567 Hi`` into address and body (SPEC §6).
 
-    A leading run of digits is an address when it parses as a valid number. When
-    it is clearly meant as one (``+``, ``(``, ``whatsapp:``, a colon after it, or
-    nothing else in the text) but is not valid, ``InvalidNumber`` is raised so the
-    employee's text is never sent to someone else by mistake.
+    A leading run of digits is an address when it (or its longest start that
+    ends at a space, as in ``+14155550123 10am``) is a valid number. When it is
+    clearly meant as one (``+``, ``(``, ``whatsapp:``, a colon after it, or
+    nothing else in the text) but is not valid, ``InvalidNumber`` is raised so
+    the employee's text is never sent to someone else by mistake.
     """
     match = _LEADING.match(text or "")
     digits = sum(c.isdigit() for c in match["num"]) if match else 0
@@ -90,16 +102,15 @@ def leading_address(text: str, region: str) -> Addressed:
         if match is not None and (match["wa"] or (match["num"][0] == "+" and digits >= 4)):
             raise InvalidNumber(f"{match['num']!r} is not a valid phone number.")
         return Addressed(None, text)
-    rest = text[match.end() :]
-    if rest and not (match["sep"] or rest[0].isspace()):
-        return Addressed(None, text)
-    try:
-        number = to_e164(match["num"], region)
-    except InvalidNumber:
+    found = _longest_number(match["num"], region)
+    if found is None:
         colon = (match["sep"] or "").strip() == ":"
-        meant = match["wa"] or colon or match["num"][0] in "+(" or not rest.strip()
-        if meant:
-            raise
+        alone = not text[match.end() :].strip()
+        if match["wa"] or colon or match["num"][0] in "+(" or alone:
+            raise InvalidNumber(f"{match['num']!r} is not a valid phone number.")
         return Addressed(None, text)
-    address = WHATSAPP + number if match["wa"] else number
-    return Addressed(address, rest.strip())
+    number, cut = found
+    body = text[match.start("num") + cut :].lstrip()
+    if body[:1] in (":", ","):
+        body = body[1:]
+    return Addressed(WHATSAPP + number if match["wa"] else number, body.strip())

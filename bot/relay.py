@@ -8,6 +8,7 @@ state and evidence → answer with TwiML. Every rule about consent lives in
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,15 +68,29 @@ class BadRequest(ValueError):
     """A webhook that cannot be routed at all (no sender or no line)."""
 
 
+# Characters XML 1.0 cannot carry (C0 controls but tab, newline and return;
+# lone surrogates; U+FFFE/U+FFFF). TwiML with one of them does not parse.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _clean(value: str | None) -> str:
     """Text as stored: NUL characters cannot be kept by every database."""
     return (value or "").replace("\x00", "")
 
 
-def parse_form(form: Mapping[str, str], idempotency_token: str | None = None) -> Inbound:
+def sendable(text: str) -> str:
+    """Text as it can go out in TwiML (and is recorded as sent)."""
+    return _NOT_XML.sub("", text)
+
+
+def parse_form(
+    form: Mapping[str, str],
+    idempotency_token: str | None = None,
+    signature_valid: bool | None = True,
+) -> Inbound:
     """Read Twilio's webhook parameters, tolerating missing or malformed ones."""
-    sender = _clean(form.get("From")).strip()
-    to = _clean(form.get("To")).strip()
+    sender = sendable(_clean(form.get("From"))).strip()
+    to = sendable(_clean(form.get("To"))).strip()
     if not sender or not to:
         raise BadRequest("From and To are required")
     if len(sender) > MAX_ADDRESS or len(to) > MAX_ADDRESS:
@@ -89,7 +104,7 @@ def parse_form(form: Mapping[str, str], idempotency_token: str | None = None) ->
         sid = "XX" + hashlib.sha256(json.dumps(items).encode()).hexdigest()[:32]
     media = []
     for n in range(MAX_MEDIA):
-        url = _clean(form.get(f"MediaUrl{n}")).strip()
+        url = sendable(_clean(form.get(f"MediaUrl{n}"))).strip()
         if url:
             media.append((url, _clean(form.get(f"MediaContentType{n}")).strip()))
     token = _clean(idempotency_token)[:255] or None
@@ -101,6 +116,7 @@ def parse_form(form: Mapping[str, str], idempotency_token: str | None = None) ->
         media=tuple(media),
         opt_out_type=_clean(form.get("OptOutType")).strip() or None,
         idempotency_token=token,
+        signature_valid=signature_valid,
     )
 
 
@@ -294,6 +310,8 @@ def _unrouted(inbound: Inbound, now: datetime) -> str:
         return stored
     turn = _Turn(inbound, now, org_settings.current(), None, conv)
     _record_inbound(turn, Role.CONTACT, Disposition.UNROUTED)
+    decision = consent.unrouted(conv.facts, keywords.classify(inbound.body, inbound.opt_out_type))
+    _apply(turn, decision, mode=None, method="sms to an inactive line")
     turn.message.answer = twiml.EMPTY
     return twiml.EMPTY
 
@@ -313,10 +331,14 @@ def _from_contact(inbound: Inbound, employee: Employee, now: datetime, status_ba
 
 
 def _from_employee(inbound: Inbound, employee: Employee, now: datetime, status_base: str) -> str:
+    # One employee text at a time: who "the current contact" is must not race.
+    _lock_employee(employee)
     settings = org_settings.current()
     region = current_app.config["DEFAULT_REGION"]
     if inbound.body.strip().lower() == "#help":
         return _control(inbound, employee, settings, now, status_base, texts.USAGE)
+    if not inbound.body.strip() and not inbound.media:
+        return _control(inbound, employee, settings, now, status_base, texts.EMPTY)
     try:
         addressed = phones.leading_address(inbound.body, region)
     except phones.InvalidNumber as exc:
@@ -334,7 +356,7 @@ def _from_employee(inbound: Inbound, employee: Employee, now: datetime, status_b
         return stored
     conv.addressed_at = now
     turn = _Turn(inbound, now, settings, employee, conv)
-    if addressed.address is not None and not addressed.body and not inbound.media:
+    if addressed.address is not None and not sendable(addressed.body) and not inbound.media:
         # A bare number: switch the current contact and confirm.
         _record_inbound(turn, Role.EMPLOYEE, Disposition.ANSWERED)
         reply = texts.render(texts.SWITCHED, {"contact": phones.readable(conv.contact)})
@@ -405,6 +427,13 @@ def _lock(line: str, contact: str, now: datetime) -> Conversation:
         .on_conflict_do_nothing(index_elements=["line", "contact"])
     )
     return db.session.execute(query).scalar_one()
+
+
+def _lock_employee(employee: Employee) -> None:
+    """Postgres: hold the employee's row until commit (SQLite is locked whole already)."""
+    db.session.execute(
+        select(Employee.id).where(Employee.id == employee.id).with_for_update()
+    ).first()
 
 
 def _lock_by_id(conversation_id: int) -> Conversation:
@@ -505,11 +534,8 @@ def _apply(
             _dispose(turn, held, Disposition.DISCARDED)
     conv = turn.conv
     after = decision.after
-    conv.state, conv.initiator, conv.last_request_at = (
-        after.state,
-        after.initiator,
-        after.last_request_at,
-    )
+    conv.state, conv.initiator = after.state, after.initiator
+    conv.last_request_at, conv.twilio_opt_out = after.last_request_at, after.twilio_opt_out
     cause = cause or turn.message
     for event in decision.events:
         evidence.append(
@@ -615,7 +641,7 @@ def _send(
     else:
         recipient = turn.employee.cell
         sender = line
-    parts = texts.split(body) if isinstance(body, str) else body
+    parts = texts.split(sendable(body)) if isinstance(body, str) else [sendable(p) for p in body]
     for number, part in enumerate(parts):
         message = Message(
             ref=new_ref(),

@@ -81,6 +81,7 @@ USAGE = (
 SWITCHED = "[Auto Message] Now texting {contact}. Your next texts go to this contact."
 BAD_NUMBER = "[Auto Message] {error} Nothing was sent. Send #help for how to address a contact."
 NOT_A_CONTACT = "[Auto Message] That number belongs to this line. Nothing was sent."
+EMPTY = "[Auto Message] That text was empty. Nothing was sent."
 
 MAX_PART = 1600
 

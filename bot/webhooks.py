@@ -66,7 +66,11 @@ def _xml(body: str, status: int = 200) -> Response:
 @twilio_signed
 def inbound_sms():
     try:
-        inbound = relay.parse_form(request.form, request.headers.get("I-Twilio-Idempotency-Token"))
+        inbound = relay.parse_form(
+            request.form,
+            request.headers.get("I-Twilio-Idempotency-Token"),
+            signature_valid=True if current_app.config["TWILIO_VALIDATE_SIGNATURE"] else None,
+        )
     except relay.BadRequest as exc:
         log.warning("unusable inbound webhook: %s", exc)
         return _xml(twiml.EMPTY, 400)

@@ -1051,3 +1051,38 @@ def test_decide_is_deterministic_and_total(
     decision = decide(conv, policy, sender, message, NOW)
     assert decision == decide(conv, policy, sender, message, NOW)
     check_decision(conv, policy, decision)
+
+
+# -- Twilio's own keyword lists, Advanced Opt-Out, and lines without an employee ------
+
+
+def test_filtered_opt_out_with_a_word_twilio_does_not_block_on_is_confirmed_by_us():
+    decision = decide(OPTED_IN, CONSENT, C, classify("OPT OUT"), NOW)
+    assert decision.after.state is State.OPTED_OUT
+    assert decision.texts_to(C) == ("opt_out.to_contact",)
+    assert decide(OPTED_IN, CONSENT, C, classify("STOP"), NOW).texts_to(C) == ()
+
+
+def test_after_an_advanced_opt_out_only_twilios_start_lifts_the_block():
+    out = decide(OPTED_IN, CONSENT, C, classify("stop", "STOP"), NOW).after
+    assert out.twilio_opt_out is True
+    # YES was removed from the service's opt-in words: Twilio still blocks the contact.
+    still = decide(out, CONSENT, C, classify("YES"), NOW)
+    assert still.after.state is State.OPTED_OUT and still.disposition is HELD
+    back = decide(out, CONSENT, C, classify("yes", "START"), NOW)
+    assert back.after == Conversation(State.OPTED_IN, C, OPTED_IN.last_request_at)
+    # Without Advanced Opt-Out, Twilio's default words decide.
+    plain = decide(OPTED_IN, CONSENT, C, classify("STOP"), NOW).after
+    assert decide(plain, CONSENT, C, classify("YES"), NOW).after.state is State.OPTED_IN
+
+
+@pytest.mark.parametrize("state", [State.NEW, State.PENDING, State.OPTED_IN, State.DISCLOSED])
+def test_unrouted_stop_still_opts_out(state):
+    from bot.consent import unrouted
+
+    before = Conversation(state, C, EARLIER)
+    decision = unrouted(before, classify("STOP"))
+    assert decision.after.state is State.OPTED_OUT
+    assert decision.steps == () and decision.discard_held and decision.events == (Event.OPTED_OUT,)
+    assert unrouted(before, classify("hello")) == Decision(before, before, ANSWERED)
+    assert unrouted(before, classify("START")).after == before

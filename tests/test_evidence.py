@@ -178,3 +178,61 @@ def test_digest_covers_every_hashed_field():
         assert evidence.digest("+1", "+2", "0" * 64, changed) != reference, name
     assert evidence.digest("+1", "+3", "0" * 64, base) != reference
     assert evidence.digest("+1", "+2", "1" * 64, base) != reference
+
+
+@pytest.mark.parametrize("column", ["kind", "event", "created_at"])
+def test_verify_survives_garbage_in_a_column_and_names_the_conversation(history, runner, column):
+    with history.app_context():
+        cid = db.session.execute(
+            select(Conversation.id).where(Conversation.contact == CONTACT)
+        ).scalar_one()
+        value = "not-a-date" if column == "created_at" else "bogus"
+        if db.engine.dialect.name == "postgresql" and column == "created_at":
+            value = "2001-01-01 00:00:00+00"
+        db.session.execute(
+            text(f"UPDATE attestations SET {column} = :v WHERE conversation_id = :c AND seq = 2"),
+            {"v": value, "c": cid},
+        )
+        db.session.commit()
+    result = verify(runner)
+    assert result.exit_code != 0
+    assert f"contact {CONTACT}: entry 2 was altered" in result.output
+    assert runner.invoke(args=["audit", "export"]).exit_code == 0
+
+
+def test_verify_counts_entries_that_lost_their_conversation(history, runner, database_url):
+    """Someone with the database's own tools deletes a conversation, foreign keys off."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as raw:
+            raw.execute("DELETE FROM conversations WHERE contact = ?", (OTHER,))
+    else:
+        with history.app_context():
+            db.session.execute(text("SET session_replication_role = replica"))
+            db.session.execute(text("DELETE FROM conversations WHERE contact = :c"), {"c": OTHER})
+            db.session.commit()
+    result = verify(runner)
+    assert result.exit_code != 0 and "entries belong to no conversation" in result.output
+    exported = runner.invoke(args=["audit", "export"]).output
+    assert OTHER in exported  # the orphaned entries are still exported
+
+
+def test_a_long_export_does_not_hold_up_webhooks(history, database_url):
+    """SQLite: the reader takes no write lock, so a webhook is answered meanwhile."""
+    from support import Twilio, make_app
+
+    reader = make_app(database_url)
+    with reader.app_context():
+        from bot.extensions import read_only
+
+        read_only()
+        db.session.execute(select(func.count(Attestation.id))).scalar()  # transaction open
+        writer = make_app(database_url)
+        with writer.test_request_context():
+            answer = Twilio(writer.test_client()).sms("+14155550177", "Hi")
+        assert len(answer) == 2
+        db.session.rollback()
+        for app in (reader, writer):
+            with app.app_context():
+                db.engine.dispose()

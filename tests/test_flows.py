@@ -404,3 +404,51 @@ def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json["database"] == "ok"
+
+
+# -- found in review: addressing, hostile characters, inactive lines ---------------------
+
+
+def test_a_body_starting_with_digits_still_goes_to_the_named_contact(app, twilio, employee, runner):
+    set_mode(runner, "off")
+    twilio.sms(CONTACT, "hi")  # CONTACT is now the current contact
+    sent = twilio.sms(CELL, f"{OTHER} 10am works?")
+    assert [(s.to, s.body) for s in sent] == [(OTHER, "10am works?")]
+    sent = twilio.sms(CELL, "(415) 555-0123 5pm?")
+    assert [(s.to, s.body) for s in sent] == [(CONTACT, "5pm?")]
+
+
+def test_control_characters_never_break_the_twiml(app, twilio, employee):
+    twilio.sms(CONTACT, "YES")
+    sent = twilio.sms(CONTACT, "bell\x07 escape\x1b[0m tab\tok")  # parsed as XML by the helper
+    assert bodies(sent, CELL) == [relayed("bell escape[0m tab\tok")]
+
+
+def test_an_empty_text_from_the_employee_is_not_sent(app, twilio, employee):
+    twilio.sms(CONTACT, "YES")
+    assert [(s.to, s.body) for s in twilio.sms(CELL, "   ")] == [(None, texts.EMPTY)]
+
+
+@pytest.mark.parametrize("env_overrides", [{"TWILIO_STOP_FILTERING": "false"}])
+def test_stop_to_an_inactive_line_still_counts(app, twilio, employee, runner):
+    twilio.sms(CONTACT, "YES")
+    runner.invoke(args=["employees", "remove", LINE])
+    assert twilio.sms(CONTACT, "STOP") == []
+    assert conversation(app).state == "opted_out"
+    added = runner.invoke(
+        args=["employees", "add", "--name", "Bob", "--cell", OTHER, "--line", LINE]
+    )
+    assert added.exit_code == 0
+    sent = twilio.sms(OTHER, f"{CONTACT} special offer!")
+    assert [(s.to, s.body) for s in sent] == [(None, text("opt_out.to_employee"))]
+
+
+@pytest.mark.parametrize("env_overrides", [{"TWILIO_VALIDATE_SIGNATURE": "false"}])
+def test_evidence_does_not_claim_a_signature_nobody_checked(app, client, employee):
+    params = {"MessageSid": "SM" + "5" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+    assert client.post("/twilio/sms", data=params).status_code == 200
+    with app.app_context():
+        flags = db.session.execute(
+            select(Attestation.signature_valid).where(Attestation.cause_sid == params["MessageSid"])
+        ).scalars()
+        assert list(flags) == [None]

@@ -90,7 +90,9 @@ def test_twilio_opt_out_type_wins(body, opt_out_type, kind):
 
 
 def test_opt_out_type_start_lifts_the_block_whatever_the_body():
-    assert classify("sure thing", "START") == Classification(Kind.OPT_IN, lifts_block=True)
+    assert classify("sure thing", "START") == Classification(
+        Kind.OPT_IN, lifts_block=True, by_twilio=True, carrier=True
+    )
     assert classify("Y", "START").lifts_block is True
 
 
@@ -179,4 +181,39 @@ def test_ordinary_texts_are_not_revocation_hints(body):
 
 @pytest.mark.parametrize("body", ["STOP", "unsubscribe", "Opt out!"])
 def test_a_keyword_is_not_a_hint(body):
-    assert classify(body) == Classification(Kind.OPT_OUT)
+    assert classify(body).kind is Kind.OPT_OUT
+    assert classify(body).hint is False
+
+
+@pytest.mark.parametrize(
+    ("body", "carrier"),
+    [
+        ("STOP", True),
+        ("stopall", True),
+        ("Unsubscribe", True),
+        ("quit", True),
+        ("OPTOUT", True),
+        ("STOP ALL", False),
+        ("opt out", False),
+        ("OPT-OUT", False),
+    ],
+)
+def test_carrier_marks_the_opt_out_words_twilio_itself_blocks_on(body, carrier):
+    assert classify(body).carrier is carrier
+    assert classify(body, "STOP").carrier is True  # whatever Twilio classified, it acted on
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["Please stop", "STOP sending", "Please remove my number", "don't text me anymore"],
+)
+def test_more_revocation_hints(body):
+    assert classify(body).hint is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["Can you remove me from the schedule on Tuesday?", "Don't text me the code, email it"],
+)
+def test_more_ordinary_texts(body):
+    assert classify(body).hint is False
