@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 export FLASK_APP := app
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,20 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The portal's end-to-end test drives Debian's Chromium (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Install Chromium first (Debian: sudo apt-get install chromium)"; exit 1; fi; }
+
 # Runs on SQLite, and on Postgres too when TEST_DATABASE_URL is set.
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# Re-make the README's screenshots with the browser test.
+screenshots: venv browser
+	CONSENTLINE_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/test_browser.py -k sqlite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -9,7 +9,9 @@ print(
 ConsentLine is starting on http://127.0.0.1:{PORT}  (SQLite: instance/consentline.sqlite3)
 
 Next steps (in another terminal, from this folder):
-  1. Give an employee a line:
+  0. Create your portal sign-in, then open http://127.0.0.1:{PORT} and try the Simulator:
+       .venv/bin/flask --app app admins create you@example.com
+  1. Give an employee a line (or use the portal's Employees page):
        .venv/bin/flask --app app employees add --name Alice --cell +14155550111 --line +14155550100
   2. Check the policy and texts:
        .venv/bin/flask --app app settings show

@@ -1,11 +1,18 @@
 """Test support: constants, app factory, TwiML parsing and a Twilio-like signer."""
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import requests
 from flask_migrate import upgrade
 from twilio.request_validator import RequestValidator
 
@@ -131,3 +138,40 @@ class Twilio:
 def bodies(sent: list[Sent], to: str | None = "any") -> list[str]:
     """The bodies of the messages addressed to ``to`` (None: the reply to the sender)."""
     return [s.body for s in sent if to == "any" or s.to == to]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def gunicorn(database_url: str, workers: int = 2, **env_overrides: str):
+    """The app under gunicorn (``wsgi:app``, as the Procfile runs it) on loopback."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_"))}
+    env.update(base_env(database_url), SIMULATOR_ENABLED="false", TRUSTED_PROXIES="0")
+    env.update(env_overrides)
+    command = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", str(workers), "--log-level", "warning"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -4,13 +4,7 @@ A real gunicorn with four worker processes serves the app on loopback; thirty
 first messages of one new contact arrive at once from thirty threads.
 """
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -20,57 +14,18 @@ from twilio.request_validator import RequestValidator
 from bot import texts
 from bot.extensions import db
 from bot.models import Disposition, Message
-from support import CELL, CONTACT, LINE, TOKEN, base_env, parse_twiml
+from support import CELL, CONTACT, LINE, TOKEN, gunicorn, parse_twiml
 
-ROOT = Path(__file__).resolve().parent.parent
 ALICE = {"employee_name": "Alice"}
 WORKERS = 4
 BURST = 30
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(database_url, employee):
-    """gunicorn (as the Procfile runs it) on the test database; stopped afterwards."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_"))}
-    env.update(base_env(database_url), SIMULATOR_ENABLED="false", TRUSTED_PROXIES="0")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "wsgi:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(WORKERS),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("gunicorn did not start")
-        time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    """gunicorn (as the Procfile runs it) with four workers on the test database."""
+    with gunicorn(database_url, workers=WORKERS) as base:
+        yield base
 
 
 def post_all(base: str, bodies: list[str], tag: str) -> list:
