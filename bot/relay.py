@@ -131,7 +131,6 @@ class _Turn:
     conv: Conversation
     message: Message | None = None
     outgoing: list[Message] = field(default_factory=list)
-    shown: dict[str, str] = field(default_factory=dict)
 
     def values(self, body: str = "") -> dict[str, str]:
         return {
@@ -518,7 +517,37 @@ def _apply(
     admin: str | None = None,
     note: str | None = None,
 ) -> None:
-    """Carry out a decision: texts, releases, discards, state and consent events."""
+    """Carry out a decision: state, consent events, then texts, releases and discards.
+
+    The consent events go into the evidence ahead of the texts they cause, so a
+    reader of the chain sees why each text went out.
+    """
+    conv = turn.conv
+    after = decision.after
+    conv.state, conv.initiator = after.state, after.initiator
+    conv.last_request_at, conv.twilio_opt_out = after.last_request_at, after.twilio_opt_out
+    cause = cause or turn.message
+    shown = {
+        step.key: sendable(texts.render(turn.settings.text(step.key), turn.values()))
+        for step in decision.steps
+        if isinstance(step, consent.Text) and step.to is Role.CONTACT
+    }
+    for event in decision.events:
+        evidence.append(
+            conv,
+            created_at=turn.now,
+            kind=RecordKind.CONSENT,
+            event=event,
+            mode=mode,
+            state=after.state,
+            shown_text=_shown(event, shown),
+            cause_sid=cause.twilio_sid if cause else None,
+            cause_body=cause.body if cause else None,
+            signature_valid=cause.signature_valid if cause else None,
+            method=method,
+            admin=admin,
+            note=note,
+        )
     for step in decision.steps:
         if isinstance(step, consent.Text):
             template = turn.settings.text(step.key)
@@ -532,27 +561,6 @@ def _apply(
     if decision.discard_held:
         for held in _held(turn):
             _dispose(turn, held, Disposition.DISCARDED)
-    conv = turn.conv
-    after = decision.after
-    conv.state, conv.initiator = after.state, after.initiator
-    conv.last_request_at, conv.twilio_opt_out = after.last_request_at, after.twilio_opt_out
-    cause = cause or turn.message
-    for event in decision.events:
-        evidence.append(
-            conv,
-            created_at=turn.now,
-            kind=RecordKind.CONSENT,
-            event=event,
-            mode=mode,
-            state=after.state,
-            shown_text=_shown(event, turn.shown),
-            cause_sid=cause.twilio_sid if cause else None,
-            cause_body=cause.body if cause else None,
-            signature_valid=cause.signature_valid if cause else None,
-            method=method,
-            admin=admin,
-            note=note,
-        )
 
 
 _SHOWN_KEYS = {
@@ -636,8 +644,6 @@ def _send(
     if to is Role.CONTACT:
         recipient = conv.contact
         sender = phones.on_channel(line, phones.channel_of(conv.contact))
-        if text_key is not None:
-            turn.shown.setdefault(text_key, body if isinstance(body, str) else "".join(body))
     else:
         recipient = turn.employee.cell
         sender = line
