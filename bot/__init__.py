@@ -61,7 +61,8 @@ def register_extensions(app: Flask) -> None:
         if not os.environ.get("FLASK_RUN_FROM_CLI"):
             # The web answers within Twilio's 15-second wait rather than hang past
             # it; commands (migrations, exports) may take as long as they need.
-            connect_args["options"] = "-c lock_timeout=10000 -c statement_timeout=12000"
+            busy = app.config["DATABASE_BUSY_TIMEOUT"] * 1000
+            connect_args["options"] = f"-c lock_timeout={busy} -c statement_timeout={busy + 2000}"
         options.setdefault("connect_args", connect_args)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
@@ -69,10 +70,10 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
-            configure_sqlite(db.engine)
+            configure_sqlite(db.engine, app.config["DATABASE_BUSY_TIMEOUT"])
 
 
-def configure_sqlite(engine) -> None:
+def configure_sqlite(engine, busy_seconds: int) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for every transaction.
 
     BEGIN IMMEDIATE takes the write lock up front, so concurrent webhooks (several
@@ -86,7 +87,7 @@ def configure_sqlite(engine) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()

@@ -80,6 +80,8 @@ def load(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
         "TWILIO_STOP_FILTERING": _bool(env, "TWILIO_STOP_FILTERING", True),
         "SIMULATOR_ENABLED": _bool(env, "SIMULATOR_ENABLED", False),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 256 * 1024, minimum=1024),
+        # How long a webhook waits for a busy database before answering 503.
+        "DATABASE_BUSY_TIMEOUT": _int(env, "DATABASE_BUSY_TIMEOUT", 10, minimum=1),
         "DEBUG": debug,
         # OWASP's scrypt cost (N=2^17, r=8, p=1); see bot.auth.
         "PASSWORD_HASH_METHOD": "scrypt:131072:8:1",

@@ -203,7 +203,11 @@ def handle_status(
     conv = _lock_by_id(found.conversation_id)
     message = db.session.get(Message, found.id, populate_existing=True)
     if sid and message.twilio_sid is None:
-        message.twilio_sid = sid
+        taken = db.session.execute(select(Message.id).where(Message.twilio_sid == sid)).first()
+        if taken is None:
+            message.twilio_sid = sid
+        else:
+            log.warning("status callback names a SID another message has", extra={"sid": sid})
     changed = STATUS_RANK.get(status, 0) > STATUS_RANK.get(message.status, 0)
     if changed:
         message.status = status

@@ -150,14 +150,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(database_url: str, workers: int = 2, **env_overrides: str):
+def gunicorn(database_url: str, workers: int = 2, extra_args=(), **env_overrides: str):
     """The app under gunicorn (``wsgi:app``, as the Procfile runs it) on loopback."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "PUBLIC_"))}
     env.update(base_env(database_url), SIMULATOR_ENABLED="false", TRUSTED_PROXIES="0")
     env.update(env_overrides)
     command = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"]
-    command += ["--workers", str(workers), "--log-level", "warning"]
+    command += ["--workers", str(workers), "--log-level", "warning", *extra_args]
     proc = subprocess.Popen(command, cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

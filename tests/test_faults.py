@@ -1,12 +1,15 @@
 """SPEC §7: when the database fails mid-webhook the answer is 5xx and nothing is half-written."""
 
+import time
+from pathlib import Path
+
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from bot.extensions import db
 from bot.models import Attestation, Conversation, Message
-from support import CONTACT, LINE
+from support import CONTACT, LINE, TEST_DATABASE_URL
 
 
 @pytest.fixture
@@ -67,3 +70,95 @@ def test_healthz_tells_the_truth_when_the_database_is_down(app, client, fail_on)
     assert response.status_code == 503
     assert response.json["database"] == "unreachable"
     assert client.get("/healthz").status_code == 200
+
+
+# -- the database unreachable, restarted, busy; a worker crashing before commit --------
+
+
+def test_unreachable_database_answers_503_and_healthz_says_so(tmp_path, request):
+    from support import Twilio, make_app
+
+    urls = [f"sqlite:///{tmp_path}/missing/dir/db.sqlite3"]
+    if TEST_DATABASE_URL:
+        urls.append("postgresql://postgres@127.0.0.1:9/consentline")  # nothing listens on 9
+    for url in urls:
+        app = make_app(url)
+        client = app.test_client()
+        assert client.get("/healthz").status_code == 503
+        params = {"MessageSid": "SM" + "3" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+        response = Twilio(client).post("/twilio/sms", params)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.mark.parametrize("env_overrides", [{"DATABASE_BUSY_TIMEOUT": "1"}])
+def test_database_restart_mid_run_fails_one_webhook_then_recovers(app, twilio, employee):
+    """Postgres drops every connection (a restart); SQLite is held busy by another process."""
+    twilio.sms(CONTACT, "before")
+    with app.app_context():
+        url = db.engine.url
+    params = {"MessageSid": "SM" + "4" * 32, "From": CONTACT, "To": LINE, "Body": "during"}
+    if url.get_backend_name() == "postgresql":
+        outsider = create_engine(url)
+        with outsider.begin() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        outsider.dispose()
+        first = twilio.post("/twilio/sms", params)
+    else:
+        import sqlite3
+
+        blocker = sqlite3.connect(url.database, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            first = twilio.post("/twilio/sms", params)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert first.status_code == 503
+    retry = twilio.post("/twilio/sms", params)
+    assert retry.status_code == 200
+    with app.app_context():
+        bodies = db.session.execute(select(Message.body).where(Message.direction == "inbound"))
+        assert sorted(bodies.scalars()) == ["before", "during"]
+
+
+def test_a_worker_crash_before_commit_leaves_no_trace(database_url, employee, tmp_path):
+    import requests
+    from twilio.request_validator import RequestValidator
+
+    from support import TOKEN, gunicorn, make_app
+
+    marker = tmp_path / "crash"
+    hooks = str(Path(__file__).with_name("crash_hooks.py"))
+    with gunicorn(
+        database_url, workers=2, extra_args=["-c", hooks], CONSENTLINE_CRASH_MARKER=str(marker)
+    ) as base:
+        url = base + "/twilio/sms"
+        params = {"MessageSid": "SM" + "6" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+        headers = {"X-Twilio-Signature": RequestValidator(TOKEN).compute_signature(url, params)}
+        marker.touch()
+        with pytest.raises(requests.ConnectionError):
+            requests.post(url, data=params, headers=headers, timeout=30)
+        app = make_app(database_url)
+        assert counts(app) == (0, 0, 0)
+        marker.unlink()
+        # gunicorn replaces the dead worker; Twilio's retry is then processed once.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                retry = requests.post(url, data=params, headers=headers, timeout=30)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert retry.status_code == 200
+        assert counts(app) == (1, 3, 4)
+        with app.app_context():
+            db.engine.dispose()
