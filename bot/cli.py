@@ -7,7 +7,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from bot import auth, evidence, phones
+from bot import auth, evidence, phones, reconcile
 from bot import employees as staff
 from bot import settings as org_settings
 from bot.extensions import db
@@ -17,8 +17,9 @@ settings_cli = AppGroup("settings", help="Company name, default mode and texts."
 audit_cli = AppGroup("audit", help="The attestation log: export and verify.")
 
 admins_cli = AppGroup("admins", help="Portal sign-ins.")
+twilio_cli = AppGroup("twilio", help="Twilio's side: recover texts whose webhook failed.")
 
-groups = [employees_cli, settings_cli, audit_cli, admins_cli]
+groups = [employees_cli, settings_cli, audit_cli, admins_cli, twilio_cli]
 
 
 def _region() -> str:
@@ -175,3 +176,38 @@ def admins_create(email, password_stdin):
     except auth.AuthError as exc:
         _fail(exc)
     click.echo(f"admin {admin.email} created")
+
+
+@twilio_cli.command("reconcile")
+@click.option("--since", required=True, help="Texts sent from this day on (YYYY-MM-DD, UTC).")
+def twilio_reconcile(since):
+    """Process the inbound texts Twilio has but the log lacks, in order, marked recovered.
+
+    The answers go out through the REST API. Without PUBLIC_BASE_URL they carry
+    no status callback, so their delivery status does not reach the log.
+    """
+    try:
+        start = reconcile.parse_since(since)
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD", param_hint="--since") from None
+    # TWILIO_HTTP_CLIENT: the tests' seam, a fake of Twilio's REST API (never set it otherwise).
+    try:
+        report = reconcile.run(start, http_client=current_app.config.get("TWILIO_HTTP_CLIENT"))
+    except reconcile.ReconcileError as exc:
+        _fail(exc)
+    if not report.lines:
+        click.echo("no active lines: nothing to reconcile")
+    for line in report.lines:
+        click.echo(
+            f"{phones.readable(line.line)}: {line.listed} listed, {line.missing} missing, "
+            f"{line.recovered} recovered, {line.sent} sent, {line.failed} failed"
+        )
+        for error in line.errors:
+            click.echo(f"  error: {error}", err=True)
+    if any(line.sent for line in report.lines) and not current_app.config["PUBLIC_BASE_URL"]:
+        click.echo(
+            "note: PUBLIC_BASE_URL is not set, so these texts carry no status callback",
+            err=True,
+        )
+    if not report.ok:
+        raise click.ClickException("some texts could not be recovered or sent (see above)")
