@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 export FLASK_APP := app
 
-.PHONY: run test lint venv browser screenshots clean
+.PHONY: run test soak lint venv browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ browser:
 # Runs on SQLite, and on Postgres too when TEST_DATABASE_URL is set.
 test: lint browser
 	$(BIN)/pytest
+
+# The race soak against gunicorn (four workers); Postgres too with TEST_DATABASE_URL.
+soak: venv
+	$(BIN)/pytest -m soak -s tests/test_soak.py
 
 # Re-make the README's screenshots with the browser test.
 screenshots: venv browser
