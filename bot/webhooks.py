@@ -19,10 +19,12 @@ bp = Blueprint("webhooks", __name__)
 
 
 def signed_url() -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL + path when set, else the request URL."""
-    base = current_app.config["PUBLIC_BASE_URL"]
-    if not base:
-        return request.url
+    """The URL Twilio signed: PUBLIC_BASE_URL + path when set, else this request's own.
+
+    The query string is used exactly as it arrived (still percent-encoded), since
+    that is the text Twilio signed; werkzeug's ``request.url`` re-encodes it.
+    """
+    base = current_app.config["PUBLIC_BASE_URL"] or request.root_url.rstrip("/")
     query = request.query_string.decode("latin-1")
     return base + request.path + ("?" + query if query else "")
 
