@@ -65,13 +65,16 @@ def append(conv: Conversation, **fields: Any) -> Attestation:
     """Add an entry at the head of ``conv``'s chain (the conversation must be locked)."""
     fields.setdefault("created_at", utcnow())
     seq = conv.chain_length + 1
+    unknown = set(fields) - set(HASHED)
+    if unknown:
+        raise TypeError(f"not evidence fields: {sorted(unknown)}")
+    # Every field set (None where absent), so a turn's entries insert in one batch.
     values = {name: fields.get(name) for name in HASHED} | {"seq": seq}
     entry = Attestation(
         conversation_id=conv.id,
-        seq=seq,
         prev_hash=conv.chain_head,
         hash=digest(conv.line, conv.contact, conv.chain_head, values),
-        **fields,
+        **values,
     )
     conv.chain_head = entry.hash
     conv.chain_length = seq

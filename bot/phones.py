@@ -8,6 +8,8 @@ import phonenumbers
 from bot.consent import Channel
 
 WHATSAPP = "whatsapp:"
+# The longest a typed number gets: "+1 (415) 555-0100" with room for any country.
+MAX_TYPED = 32
 
 
 class InvalidNumber(ValueError):
@@ -77,6 +79,7 @@ class Addressed:
 
 def _longest_number(candidate: str, region: str) -> tuple[str, int] | None:
     """The longest start of ``candidate``, cut at a space, that is a valid number."""
+    candidate = candidate[:MAX_TYPED]  # no number is longer; keeps this linear
     cuts = [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if candidate[i] == " "]
     for cut in cuts:
         try:

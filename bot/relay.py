@@ -5,7 +5,6 @@ state and evidence → answer with TwiML. Every rule about consent lives in
 ``bot.consent``; this module only carries its decisions out.
 """
 
-import hashlib
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from bot.models import (
 log = logging.getLogger(__name__)
 
 MAX_MEDIA = 10
+MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 MAX_ADDRESS = 255
 QUEUED = "queued"
 RECEIVED = "received"
@@ -96,12 +96,11 @@ def parse_form(
     if len(sender) > MAX_ADDRESS or len(to) > MAX_ADDRESS:
         raise BadRequest("From or To is too long to be an address")
     sid = _clean(form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")).strip()
-    if not sid or len(sid) > 64:
-        # No usable id: derive one from the whole request, so a retry still matches.
-        items = sorted(
-            (k, v) for k in form for v in getattr(form, "getlist", lambda k: [form[k]])(k)
-        )
-        sid = "XX" + hashlib.sha256(json.dumps(items).encode()).hexdigest()[:32]
+    if not MESSAGE_SID.fullmatch(sid):
+        # Twilio's ids are SM/MM and 32 hex digits. Anything else is not from
+        # Twilio: a genuine request re-cut to keep its signature but lose its id
+        # would otherwise be taken for a new text.
+        raise BadRequest("MessageSid is missing or malformed")
     media = []
     for n in range(MAX_MEDIA):
         url = sendable(_clean(form.get(f"MediaUrl{n}"))).strip()
@@ -145,12 +144,15 @@ class _Turn:
 
 
 def handle_inbound(inbound: Inbound, now: datetime, status_base: str) -> str:
-    """Process one inbound text in one transaction; return (and keep) its TwiML."""
-    stored = _stored_answer(inbound.sid)
-    if stored is not None:
-        return stored
+    """Process one inbound text in one transaction; return (and keep) its TwiML.
+
+    A repeated MessageSid is recognised once the conversation is locked, so a
+    copy arriving at the same moment waits for the first and answers as it did.
+    Nothing is flushed before the commit: the rows go out in one batch per table.
+    """
     try:
-        answer = _route(inbound, now, status_base)
+        with db.session.no_autoflush:
+            answer = _route(inbound, now, status_base)
         db.session.commit()
     except IntegrityError:
         # A concurrent copy of this webhook committed first: answer as it did.
@@ -466,6 +468,31 @@ def _current_contact(employee: Employee) -> Conversation | None:
 # -- carrying a decision out ---------------------------------------------------
 
 
+_MESSAGE_DEFAULTS = {
+    "author": None,
+    "relay_body": None,
+    "twilio_sid": None,
+    "idempotency_token": None,
+    "error_code": None,
+    "disposition": None,
+    "text_key": None,
+    "source_ref": None,
+    "hint": False,
+    "recovered": False,
+    "signature_valid": None,
+    "answer": None,
+    "review": None,
+}
+
+
+def _new_message(**fields) -> Message:
+    """A message row with every column set, so a turn's rows insert in one batch."""
+    fields.setdefault("updated_at", fields["created_at"])
+    message = Message(ref=new_ref(), **(_MESSAGE_DEFAULTS | fields))
+    db.session.add(message)
+    return message
+
+
 def _record_inbound(
     turn: _Turn,
     author: Role,
@@ -474,8 +501,7 @@ def _record_inbound(
     relay_body: str | None = None,
 ) -> None:
     inbound = turn.inbound
-    message = Message(
-        ref=new_ref(),
+    message = _new_message(
         conversation_id=turn.conv.id,
         direction=Direction.INBOUND,
         author=author,
@@ -493,7 +519,6 @@ def _record_inbound(
         signature_valid=inbound.signature_valid,
         created_at=turn.now,
     )
-    db.session.add(message)
     turn.message = message
     evidence.append(
         turn.conv,
@@ -653,8 +678,7 @@ def _send(
         sender = line
     parts = texts.split(sendable(body)) if isinstance(body, str) else [sendable(p) for p in body]
     for number, part in enumerate(parts):
-        message = Message(
-            ref=new_ref(),
+        message = _new_message(
             conversation_id=conv.id,
             direction=Direction.OUTBOUND,
             author=source.author if source else None,
@@ -667,7 +691,6 @@ def _send(
             source_ref=source.ref if source else None,
             created_at=turn.now,
         )
-        db.session.add(message)
         turn.outgoing.append(message)
         evidence.append(
             conv,

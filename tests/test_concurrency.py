@@ -5,6 +5,7 @@ first messages of one new contact arrive at once from thirty threads.
 """
 
 import threading
+import uuid
 
 import pytest
 import requests
@@ -37,7 +38,7 @@ def post_all(base: str, bodies: list[str], tag: str) -> list:
 
     def send(i: int, body: str) -> None:
         params = {
-            "MessageSid": f"SM{tag}{i:026d}",
+            "MessageSid": "SM" + uuid.uuid4().hex,
             "From": CONTACT,
             "To": LINE,
             "Body": body,

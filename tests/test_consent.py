@@ -951,7 +951,10 @@ def check_opted_out_contact(before, policy, inbound_, message, decision) -> None
         assert decision.disposition is BLOCKED
         assert decision.after == before
     elif policy.filtered:
-        if message.kind is Kind.OPT_IN and message.lifts_block:
+        # Twilio lifts its block on START/UNSTOP/YES; after an Advanced Opt-Out
+        # STOP, only on its own START classification.
+        lifted = message.by_twilio if before.twilio_opt_out else message.lifts_block
+        if message.kind is Kind.OPT_IN and lifted:
             assert to_contact_keys == ("consent.contact_initiated.opted_in.to_contact",)
             assert decision.after.state is State.OPTED_IN
         else:

@@ -339,19 +339,22 @@ def test_status_callbacks_point_at_the_public_url(app, runner, employee, twilio_
     assert all(c.startswith("https://bot.example.com/twilio/status?ref=") for c in callbacks)
 
 
+WEBHOOK_SID = "SM" + "b" * 32
+
+
 def test_texts_in_the_log_are_skipped_and_a_second_run_changes_nothing(
     app, twilio, employee, twilio_api
 ):
-    answered = twilio.sms(CONTACT, "Hi", sid="SMwebhook")  # delivered by the webhook
+    answered = twilio.sms(CONTACT, "Hi", sid=WEBHOOK_SID)  # delivered by the webhook
     assert len(answered) == 2  # consent request and notice, as TwiML
-    twilio_api.message(CONTACT, LINE, "Hi", at=T0, sid="SMwebhook")
+    twilio_api.message(CONTACT, LINE, "Hi", at=T0, sid=WEBHOOK_SID)
     lost = twilio_api.message(CONTACT, LINE, "Are you there?", at=T0 + timedelta(minutes=1))
 
     line = only(run(app, twilio_api))
 
     assert (line.listed, line.missing, line.recovered, line.sent) == (2, 1, 1, 0)
     # Pending and asked less than 24 hours ago: the lost text is held, nothing is sent.
-    assert not inbound(app)["SMwebhook"].recovered and inbound(app)[lost].recovered
+    assert not inbound(app)[WEBHOOK_SID].recovered and inbound(app)[lost].recovered
     requests_before = len(twilio_api.requests)
 
     again = only(run(app, twilio_api))
