@@ -1,0 +1,74 @@
+"""Query budget: how many SQL statements each kind of webhook may issue.
+
+A ceiling per kind, so that a change that adds round trips to the hot path
+fails here. ``make bench`` prints the same counts.
+"""
+
+import pytest
+from sqlalchemy import event
+
+from bot.extensions import db
+from support import CELL, CONTACT, OTHER
+
+# Statements per webhook, BEGIN and COMMIT included. SQLite inserts row by row
+# (in-process, no round trip); Postgres gets one INSERT per table.
+CEILINGS = {
+    "first message, new contact": {"sqlite": 15, "postgresql": 10},
+    "text while pending": {"sqlite": 8, "postgresql": 8},
+    "YES releasing two held texts": {"sqlite": 21, "postgresql": 10},
+    "relay contact to employee": {"sqlite": 10, "postgresql": 8},
+    "employee text to opted-in contact": {"sqlite": 11, "postgresql": 9},
+    "employee text to the current contact": {"sqlite": 12, "postgresql": 10},
+    "HELP": {"sqlite": 10, "postgresql": 8},
+    "duplicate webhook": {"sqlite": 4, "postgresql": 4},
+    "status callback": {"sqlite": 8, "postgresql": 8},
+    "STOP": {"sqlite": 12, "postgresql": 9},
+}
+
+
+@pytest.fixture
+def statements(app):
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+        dialect = engine.dialect.name
+    event.listen(engine, "before_cursor_execute", count)
+    yield seen, dialect
+    event.remove(engine, "before_cursor_execute", count)
+
+
+def test_each_kind_of_webhook_stays_within_its_budget(twilio, employee, statements):
+    seen, dialect = statements
+    counts = {}
+
+    def measure(kind, action):
+        seen.clear()
+        result = action()
+        statements_run = len(seen) + (1 if dialect == "postgresql" else 0)  # implicit BEGIN
+        counts[kind] = statements_run
+        return result
+
+    measure("first message, new contact", lambda: twilio.sms(CONTACT, "Hi"))
+    measure("text while pending", lambda: twilio.sms(CONTACT, "Anyone?"))
+    measure("YES releasing two held texts", lambda: twilio.sms(CONTACT, "YES"))
+    measure("relay contact to employee", lambda: twilio.sms(CONTACT, "Thanks"))
+    measure("employee text to opted-in contact", lambda: twilio.sms(CELL, f"{CONTACT} Hello"))
+    measure("employee text to the current contact", lambda: twilio.sms(CELL, "And more"))
+    measure("HELP", lambda: twilio.sms(CONTACT, "HELP"))
+    params = {"MessageSid": "SM" + "c" * 32, "From": OTHER, "To": "+14155550100", "Body": "Hi"}
+    twilio.post("/twilio/sms", params)
+    measure("duplicate webhook", lambda: twilio.post("/twilio/sms", params))
+    [request, _] = twilio.sms("+14155550177", "Hi")
+    measure("status callback", lambda: twilio.status(request, "delivered", sid="SM" + "f" * 32))
+    measure("STOP", lambda: twilio.sms(CONTACT, "STOP"))
+    print("\nstatements per webhook:", counts)
+    over = {
+        kind: (count, CEILINGS[kind][dialect])
+        for kind, count in counts.items()
+        if count > CEILINGS[kind][dialect]
+    }
+    assert over == {}, f"over budget (count, ceiling): {over}"
