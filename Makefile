@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 export FLASK_APP := app
 
-.PHONY: run test soak lint venv browser screenshots clean
+.PHONY: run test soak bench bench-smoke lint venv browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,23 @@ test: lint browser
 # The race soak against gunicorn (four workers); Postgres too with TEST_DATABASE_URL.
 soak: venv
 	$(BIN)/pytest -m soak -s tests/test_soak.py
+
+$(VENV)/.bench: bench/requirements.txt | $(VENV)/.installed
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# Benchmarks (bench/README.md): load vs the bare endpoint, scale, query counts.
+# Postgres rounds use BENCH_DATABASE_URL's server (default 127.0.0.1:5432).
+bench: venv $(VENV)/.bench
+	$(BIN)/python -m bench.queries
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.scale
+
+# The same, tiny and quick: shows the benchmarks still work (figures not asserted).
+bench-smoke: venv $(VENV)/.bench
+	$(BIN)/python -m bench.queries
+	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
+	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
 
 # Re-make the README's screenshots with the browser test.
 screenshots: venv browser
