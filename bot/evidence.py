@@ -1,5 +1,6 @@
 """The attestation log (SPEC §10): append to a conversation's hash chain, verify, export."""
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -9,8 +10,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import IO, Any
 
-from sqlalchemy import Enum as SAEnum
-from sqlalchemy import String, func, select, type_coerce
+from sqlalchemy import func, select
 
 from bot.extensions import db, read_only
 from bot.models import GENESIS, Attestation, Conversation, utcnow
@@ -51,14 +51,18 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+# One encoder for every entry (json.dumps would build one per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _seal(prev_hash: str, line: str, contact: str, canonical: list[Any]) -> str:
+    payload = _ENCODE([line, contact, *canonical])
+    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+
+
 def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the entry's canonical JSON."""
-    payload = json.dumps(
-        [line, contact, *(_canonical(values.get(name)) for name in HASHED)],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+    return _seal(prev_hash, line, contact, [_canonical(values.get(name)) for name in HASHED])
 
 
 def append(conv: Conversation, **fields: Any) -> Attestation:
@@ -100,25 +104,29 @@ class Report:
         return not self.broken
 
 
-def _raw(name: str):
-    """A hashed column read as stored, so a tampered value cannot stop the reader."""
-    column = getattr(Attestation, name)
-    if name == "created_at":
-        return column if db.engine.dialect.name == "postgresql" else type_coerce(column, String)
-    if isinstance(column.type, SAEnum):
-        return type_coerce(column, String)
-    return column
-
-
-def _as_stored(name: str, value: Any) -> Any:
-    if name == "created_at" and isinstance(value, str):
+def _stored_time(value: Any) -> str:
+    """created_at as stored (SQLite: naive UTC text; Postgres: aware) in canonical form."""
+    if isinstance(value, str):
+        if len(value) == 26 and value[10] == " ":
+            return value[:10] + "T" + value[11:] + "Z"
         parsed = datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return value
+        value = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return _canonical(value)
 
 
-def _rows(batch: int) -> Iterator[Any]:
-    """Every conversation with its entries, in chain order, streamed."""
+# Row layout of _scan: conversation (5 columns), the hashed fields, prev_hash, hash.
+_SEQ = 5
+_FIELDS = slice(_SEQ, _SEQ + len(HASHED))
+_SIGNATURE = HASHED.index("signature_valid")
+
+
+def _scan(batch: int) -> Iterator[tuple]:
+    """Every conversation with its entries, in chain order, as plain tuples.
+
+    Read through the driver's own cursor (server-side on Postgres), as stored:
+    no ORM or type processing on millions of rows, and a tampered value
+    (an unknown enum, a malformed date) is simply a value that fails its hash.
+    """
     stmt = (
         select(
             Conversation.id,
@@ -126,16 +134,39 @@ def _rows(batch: int) -> Iterator[Any]:
             Conversation.contact,
             Conversation.chain_head,
             Conversation.chain_length,
-            Attestation.seq,
-            *(_raw(name).label(name) for name in HASHED[1:]),
+            *(getattr(Attestation, name) for name in HASHED),
             Attestation.prev_hash,
             Attestation.hash,
         )
         .outerjoin(Attestation, Attestation.conversation_id == Conversation.id)
         .order_by(Conversation.id, Attestation.seq)
-        .execution_options(yield_per=batch)
     )
-    yield from db.session.execute(stmt)
+    yield from _driver_rows(stmt, batch)
+
+
+def _driver_rows(stmt, batch: int) -> Iterator[tuple]:
+    """Run a SELECT on the session's connection through the driver's cursor, streamed."""
+    sql = str(stmt.compile(dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}))
+    driver = db.session.connection().connection.driver_connection
+    if db.engine.dialect.name == "postgresql":
+        cursor = driver.cursor(name="consentline_stream")
+        cursor.itersize = batch
+    else:
+        cursor = driver.cursor()
+        cursor.arraysize = batch
+    try:
+        cursor.execute(sql)
+        yield from cursor
+    finally:
+        cursor.close()
+
+
+def _canonical_row(row: tuple) -> list[Any]:
+    values = list(row[_FIELDS])
+    values[1] = _stored_time(values[1])
+    if values[_SIGNATURE] is not None:
+        values[_SIGNATURE] = bool(values[_SIGNATURE])  # SQLite keeps 0/1
+    return values
 
 
 def _orphans() -> int:
@@ -155,39 +186,40 @@ def verify(batch: int = 5000) -> Report:
     expected_seq, prev, fault = 1, GENESIS, None
 
     def close(row) -> None:
+        _id, line, contact, head, length = row[:_SEQ]
         reason = fault
-        if reason is None and expected_seq - 1 != row.chain_length:
-            reason = f"{row.chain_length} entries recorded, {expected_seq - 1} found"
-        if reason is None and prev != row.chain_head:
+        if reason is None and expected_seq - 1 != length:
+            reason = f"{length} entries recorded, {expected_seq - 1} found"
+        if reason is None and prev != head:
             reason = "the last entry is not the recorded chain head"
         if reason:
-            report.broken.append(Broken(row.line, row.contact, reason))
+            report.broken.append(Broken(line, contact, reason))
 
     last = None
-    for row in _rows(batch):
-        if row.id != current:
+    for row in _scan(batch):
+        if row[0] != current:
             if last is not None:
                 close(last)
             report.conversations += 1
-            current, expected_seq, prev, fault = row.id, 1, GENESIS, None
+            current, expected_seq, prev, fault = row[0], 1, GENESIS, None
         last = row
-        if row.seq is None:
+        seq = row[_SEQ]
+        if seq is None:
             continue
         report.entries += 1
         if fault is not None:
             continue
         try:
-            values = {name: _as_stored(name, getattr(row, name)) for name in HASHED}
-            computed = digest(row.line, row.contact, prev, values)
+            computed = _seal(prev, row[1], row[2], _canonical_row(row))
         except (TypeError, ValueError):
             computed = None
-        if row.seq != expected_seq:
-            fault = f"entry {expected_seq} is missing (found {row.seq})"
-        elif row.prev_hash != prev:
-            fault = f"entry {row.seq} does not follow entry {row.seq - 1}"
-        elif computed != row.hash:
-            fault = f"entry {row.seq} was altered"
-        prev = row.hash
+        if seq != expected_seq:
+            fault = f"entry {expected_seq} is missing (found {seq})"
+        elif row[-2] != prev:
+            fault = f"entry {seq} does not follow entry {seq - 1}"
+        elif computed != row[-1]:
+            fault = f"entry {seq} was altered"
+        prev = row[-1]
         expected_seq += 1
     if last is not None:
         close(last)
@@ -206,21 +238,27 @@ def export(out: IO[str], since: datetime | None = None, batch: int = 5000) -> in
         select(
             Conversation.line,
             Conversation.contact,
-            *(_raw(name) for name in HASHED),
+            *(getattr(Attestation, name) for name in HASHED),
             Attestation.prev_hash,
             Attestation.hash,
         )
         .outerjoin(Conversation, Conversation.id == Attestation.conversation_id)
         .order_by(Attestation.id)
-        .execution_options(yield_per=batch)
     )
     if since is not None:
         stmt = stmt.where(Attestation.created_at >= since)
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
     count = 0
-    for row in db.session.execute(stmt):
-        writer.writerow(["" if v is None else _canonical(v) for v in row])
+    time_at = 2 + HASHED.index("created_at")
+    signature_at = 2 + _SIGNATURE
+    for row in _driver_rows(stmt, batch):
+        row = list(row)
+        with contextlib.suppress(TypeError, ValueError):  # else as stored; verify names it
+            row[time_at] = _stored_time(row[time_at])
+        if row[signature_at] is not None:
+            row[signature_at] = bool(row[signature_at])
+        writer.writerow(["" if v is None else v for v in row])
         count += 1
     db.session.rollback()
     return count
