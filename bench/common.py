@@ -248,7 +248,7 @@ def gunicorn_config(module: str, env: dict[str, str], extra_args: tuple[str, ...
         text=True,
         timeout=60,
     )
-    found = {}
+    found = {"config_file_exists": (ROOT / "gunicorn.conf.py").exists()}
     for line in done.stdout.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() in GUNICORN_KEYS:
@@ -257,7 +257,16 @@ def gunicorn_config(module: str, env: dict[str, str], extra_args: tuple[str, ...
 
 
 def git_state() -> dict:
-    """The commit measured, and any uncommitted change outside bench/ (it is measured too)."""
+    """The commit measured, and any uncommitted change outside bench/ (it is measured too).
+
+    In a snapshot made with ``git archive`` (see bench/README.md, "Measuring a commit
+    while others edit the tree") the commit is read from its ``.bench-commit`` file."""
+    marker = ROOT / ".bench-commit"
+    if marker.exists():
+        return {
+            "commit": marker.read_text().strip(),
+            "snapshot": f"git archive of that commit at {ROOT}; bench/ from the working tree",
+        }
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
