@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 export FLASK_APP := app
 
-.PHONY: run test soak bench bench-smoke lint venv browser screenshots clean
+.PHONY: run test soak bench bench-scale bench-smoke lint venv browser screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +49,15 @@ $(VENV)/.bench: bench/requirements.txt | $(VENV)/.installed
 	touch $@
 
 # Benchmarks (bench/README.md): load vs the bare endpoint, scale, query counts.
-# Postgres rounds use BENCH_DATABASE_URL's server (default 127.0.0.1:5432).
+# run.py and scale.py create and drop their Postgres databases through
+# BENCH_PG_ADMIN (default: the local server); queries.py counts on SQLite.
 bench: venv $(VENV)/.bench
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.scale --conversations 100000 --records 1000000
+
+# The full scale run: 1M conversations / 10M records per backend (45-60 min, ~25 GB temp).
+bench-scale: venv $(VENV)/.bench
 	$(BIN)/python -m bench.scale
 
 # The same, tiny and quick: shows the benchmarks still work (figures not asserted).
