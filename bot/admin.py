@@ -113,18 +113,19 @@ def dashboard():
 # -- employees --------------------------------------------------------------------
 
 
+def _employee_fields(form: EmployeeForm) -> tuple:
+    """Name, cell, line, mode and region, as bot.employees takes them."""
+    mode = form.mode.data or None
+    region = current_app.config["DEFAULT_REGION"]
+    return form.name.data, form.cell.data, form.line.data, mode, region
+
+
 @bp.route("/employees", methods=["GET", "POST"])
 def employees():
     form = EmployeeForm()
     if form.validate_on_submit():
         try:
-            employee = staff.add(
-                form.name.data,
-                form.cell.data,
-                form.line.data,
-                form.mode.data or None,
-                current_app.config["DEFAULT_REGION"],
-            )
+            employee = staff.add(*_employee_fields(form))
             db.session.commit()
         except staff.EmployeeError as exc:
             db.session.rollback()
@@ -147,14 +148,7 @@ def employee_edit(employee_id: int):
         form.line.data = phones.readable(employee.line)
     if form.validate_on_submit():
         try:
-            staff.update(
-                employee,
-                form.name.data,
-                form.cell.data,
-                form.line.data,
-                form.mode.data or None,
-                current_app.config["DEFAULT_REGION"],
-            )
+            staff.update(employee, *_employee_fields(form))
             db.session.commit()
         except staff.EmployeeError as exc:
             db.session.rollback()
