@@ -65,25 +65,30 @@ def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> s
     return _seal(prev_hash, line, contact, [_canonical(values.get(name)) for name in HASHED])
 
 
-def append(conv: Conversation, **fields: Any) -> Attestation:
-    """Add an entry at the head of ``conv``'s chain (the conversation must be locked)."""
+_HASHED_NAMES = frozenset(HASHED)
+
+
+def entry(chain: Any, **fields: Any) -> dict[str, Any]:
+    """The next entry at the head of ``chain``, as an ``attestations`` row; advances the head.
+
+    ``chain`` is a locked conversation (anything with ``id``, ``line``, ``contact``,
+    ``chain_head`` and ``chain_length``); the caller inserts the row in the same
+    transaction that saves the conversation's new head and length.
+    """
     fields.setdefault("created_at", utcnow())
-    seq = conv.chain_length + 1
-    unknown = set(fields) - set(HASHED)
+    unknown = fields.keys() - _HASHED_NAMES
     if unknown:
         raise TypeError(f"not evidence fields: {sorted(unknown)}")
+    seq = chain.chain_length + 1
     # Every field set (None where absent), so a turn's entries insert in one batch.
-    values = {name: fields.get(name) for name in HASHED} | {"seq": seq}
-    entry = Attestation(
-        conversation_id=conv.id,
-        prev_hash=conv.chain_head,
-        hash=digest(conv.line, conv.contact, conv.chain_head, values),
-        **values,
-    )
-    conv.chain_head = entry.hash
-    conv.chain_length = seq
-    db.session.add(entry)
-    return entry
+    values = dict.fromkeys(HASHED)
+    values.update(fields)
+    values["seq"] = seq
+    sealed = digest(chain.line, chain.contact, chain.chain_head, values)
+    row = values | {"conversation_id": chain.id, "prev_hash": chain.chain_head, "hash": sealed}
+    chain.chain_head = sealed
+    chain.chain_length = seq
+    return row
 
 
 @dataclass(frozen=True)

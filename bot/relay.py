@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from bot import consent, employees, evidence, keywords, phones, texts, twiml
+from bot import consent, evidence, keywords, phones, texts, twiml
 from bot import settings as org_settings
 from bot.consent import Channel, Role
 from bot.extensions import db
 from bot.models import (
     GENESIS,
+    Attestation,
     Conversation,
     Direction,
     Disposition,
@@ -119,17 +120,160 @@ def parse_form(
     )
 
 
+# -- what the relay reads and writes ---------------------------------------------
+#
+# The webhook's hot path runs statements built once, here, on the session's
+# connection (Core, not the ORM): the conversation is read into a plain record,
+# the turn's texts and evidence entries are collected as plain rows, and at the
+# end each table gets one statement: an INSERT per table (one batch on Postgres),
+# one UPDATE of the conversation, one UPDATE per disposition of held texts.
+
+_CONVERSATIONS = Conversation.__table__
+_MESSAGES = Message.__table__
+_EMPLOYEES = Employee.__table__
+_ATTESTATIONS = Attestation.__table__
+
+_CONV_FIELDS = (
+    "id",
+    "line",
+    "contact",
+    "contact_name",
+    "state",
+    "initiator",
+    "last_request_at",
+    "twilio_opt_out",
+    "addressed_at",
+    "chain_head",
+    "chain_length",
+)
+_CONV_COLUMNS = [_CONVERSATIONS.c[name] for name in _CONV_FIELDS]
+_MESSAGE_FIELDS = (
+    "id",
+    "conversation_id",
+    "ref",
+    "direction",
+    "author",
+    "sender",
+    "recipient",
+    "body",
+    "relay_body",
+    "media_json",
+    "twilio_sid",
+    "status",
+    "error_code",
+    "hint",
+    "signature_valid",
+    "review",
+)
+_MESSAGE_COLUMNS = [_MESSAGES.c[name] for name in _MESSAGE_FIELDS]
+
+
+def _create(dialect):
+    """Add the conversation unless a concurrent webhook just did; return it if added."""
+    return (
+        dialect.insert(_CONVERSATIONS)
+        .on_conflict_do_nothing(index_elements=["line", "contact"])
+        .returning(*_CONV_COLUMNS)
+    )
+
+
+_SQL = {
+    "employee": select(
+        _EMPLOYEES.c.id, _EMPLOYEES.c.name, _EMPLOYEES.c.cell, _EMPLOYEES.c.line, _EMPLOYEES.c.mode
+    ).where(_EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)),
+    "lock_employee": select(_EMPLOYEES.c.id)
+    .where(_EMPLOYEES.c.id == bindparam("employee_id"))
+    .with_for_update(),
+    "lock": select(*_CONV_COLUMNS)
+    .where(
+        _CONVERSATIONS.c.line == bindparam("line"),
+        _CONVERSATIONS.c.contact == bindparam("contact"),
+    )
+    .with_for_update(),
+    "lock_by_id": select(*_CONV_COLUMNS)
+    .where(_CONVERSATIONS.c.id == bindparam("conv_id"))
+    .with_for_update(),
+    # The contact that last texted the line or that the employee last addressed.
+    "current_contact": select(*_CONV_COLUMNS)
+    .where(
+        _CONVERSATIONS.c.line == bindparam("line"),
+        _CONVERSATIONS.c.addressed_at.is_not(None),
+        _CONVERSATIONS.c.contact != bindparam("cell"),
+    )
+    .order_by(_CONVERSATIONS.c.addressed_at.desc(), _CONVERSATIONS.c.id.desc())
+    .limit(1)
+    .with_for_update(),
+    "create": {"postgresql": _create(postgresql), "sqlite": _create(sqlite)},
+    "save": update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == bindparam("conv_id")),
+    "answer": select(_MESSAGES.c.answer).where(
+        _MESSAGES.c.twilio_sid == bindparam("sid"), _MESSAGES.c.direction == Direction.INBOUND
+    ),
+    "held": select(*_MESSAGE_COLUMNS)
+    .where(
+        _MESSAGES.c.conversation_id == bindparam("conv_id"),
+        _MESSAGES.c.disposition == Disposition.HELD,
+        _MESSAGES.c.direction == Direction.INBOUND,
+    )
+    .order_by(_MESSAGES.c.id),
+    "dispose": update(_MESSAGES).where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True))),
+    "message_by_id": select(*_MESSAGE_COLUMNS, _MESSAGES.c.disposition).where(
+        _MESSAGES.c.id == bindparam("message_id")
+    ),
+    "outbound_by_ref": select(_MESSAGES.c.id, _MESSAGES.c.conversation_id).where(
+        _MESSAGES.c.direction == Direction.OUTBOUND, _MESSAGES.c.ref == bindparam("ref")
+    ),
+    "outbound_by_sid": select(_MESSAGES.c.id, _MESSAGES.c.conversation_id).where(
+        _MESSAGES.c.direction == Direction.OUTBOUND, _MESSAGES.c.twilio_sid == bindparam("sid")
+    ),
+    "sid_taken": select(_MESSAGES.c.id).where(_MESSAGES.c.twilio_sid == bindparam("sid")),
+    "update_message": update(_MESSAGES).where(_MESSAGES.c.id == bindparam("message_id")),
+    "insert_messages": insert(_MESSAGES),
+    "insert_entries": insert(_ATTESTATIONS),
+}
+
+
+@dataclass(slots=True)
+class Conv:
+    """A locked conversation as the relay changes it; saved back in one UPDATE."""
+
+    id: int
+    line: str
+    contact: str
+    contact_name: str | None
+    state: consent.State
+    initiator: Role | None
+    last_request_at: datetime | None
+    twilio_opt_out: bool
+    addressed_at: datetime | None
+    chain_head: str
+    chain_length: int
+
+    @property
+    def facts(self) -> consent.Conversation:
+        return consent.Conversation(
+            self.state, self.initiator, self.last_request_at, bool(self.twilio_opt_out)
+        )
+
+    def display(self) -> str:
+        """How the contact is named to the employee: saved name, else the address."""
+        return self.contact_name or self.contact
+
+
 @dataclass
 class _Turn:
-    """Everything one webhook needs to carry a decision out."""
+    """Everything one webhook needs to carry a decision out, and the rows it writes."""
 
+    conn: Connection
     inbound: Inbound | None
     now: datetime
     settings: org_settings.Settings | None
-    employee: Employee | None
-    conv: Conversation
-    message: Message | None = None
-    outgoing: list[Message] = field(default_factory=list)
+    employee: Row | None
+    conv: Conv
+    message: dict | None = None
+    outgoing: list[dict] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+    disposed: dict[Disposition, list[int]] = field(default_factory=dict)
 
     def values(self, body: str = "") -> dict[str, str]:
         return {
@@ -139,6 +283,41 @@ class _Turn:
             "body": body,
         }
 
+    def record(self, **fields) -> None:
+        """Add an entry to the conversation's evidence chain."""
+        self.entries.append(evidence.entry(self.conv, created_at=self.now, **fields))
+
+
+def _run(conn: Connection, name: str, params: dict | list[dict]):
+    return conn.execute(_SQL[name], params)
+
+
+def _save(turn: _Turn) -> None:
+    """Write the turn: its texts, its evidence, the conversation, the held texts' fate."""
+    conn, conv, now = turn.conn, turn.conv, turn.now
+    if turn.messages:
+        # First, so that a repeated MessageSid fails here, before anything else.
+        _run(conn, "insert_messages", turn.messages)
+    if turn.entries:
+        _run(conn, "insert_entries", turn.entries)
+    for disposition, ids in turn.disposed.items():
+        _run(conn, "dispose", {"ids": ids, "disposition": disposition, "updated_at": now})
+    _run(
+        conn,
+        "save",
+        {
+            "conv_id": conv.id,
+            "state": conv.state,
+            "initiator": conv.initiator,
+            "last_request_at": conv.last_request_at,
+            "twilio_opt_out": bool(conv.twilio_opt_out),
+            "addressed_at": conv.addressed_at,
+            "chain_head": conv.chain_head,
+            "chain_length": conv.chain_length,
+            "updated_at": now,
+        },
+    )
+
 
 # -- the entry points ----------------------------------------------------------
 
@@ -146,21 +325,20 @@ class _Turn:
 def handle_inbound(inbound: Inbound, now: datetime, status_base: str) -> str:
     """Process one inbound text in one transaction; return (and keep) its TwiML.
 
-    A repeated MessageSid is recognised once the conversation is locked, so a
-    copy arriving at the same moment waits for the first and answers as it did.
-    Nothing is flushed before the commit: the rows go out in one batch per table.
+    A repeated MessageSid is caught by the unique index on ``messages.twilio_sid``
+    when the turn is written: the transaction is rolled back and the answer the
+    first copy stored is returned. A copy arriving at the same moment waits for
+    the first on the conversation's lock (or, on Postgres, on the index entry).
     """
     try:
-        with db.session.no_autoflush:
-            answer = _route(inbound, now, status_base)
+        answer = _route(db.session.connection(), inbound, now, status_base)
         db.session.commit()
     except IntegrityError:
-        # A concurrent copy of this webhook committed first: answer as it did.
         db.session.rollback()
-        stored = _stored_answer(inbound.sid)
+        stored = _stored_answer(db.session.connection(), inbound.sid)
+        db.session.rollback()
         if stored is None:
             raise
-        db.session.rollback()
         return stored
     return answer
 
@@ -188,68 +366,69 @@ def handle_status(
     sid = _clean(form.get("MessageSid") or form.get("SmsSid")).strip()[:64] or None
     status = _clean(form.get("MessageStatus") or form.get("SmsStatus")).strip().lower()[:24]
     error = _clean(form.get("ErrorCode")).strip()[:16] or None
-    query = select(Message.id, Message.conversation_id).where(
-        Message.direction == Direction.OUTBOUND
-    )
+    conn = db.session.connection()
     if ref:
-        query = query.where(Message.ref == ref)
+        found = _run(conn, "outbound_by_ref", {"ref": ref}).first()
     elif sid:
-        query = query.where(Message.twilio_sid == sid)
+        found = _run(conn, "outbound_by_sid", {"sid": sid}).first()
     else:
         return False
-    found = db.session.execute(query).first()
     if found is None:
         db.session.rollback()
         log.warning("status callback for an unknown message", extra={"ref": ref, "sid": sid})
         return False
-    conv = _lock_by_id(found.conversation_id)
-    message = db.session.get(Message, found.id, populate_existing=True)
-    if sid and message.twilio_sid is None:
-        taken = db.session.execute(select(Message.id).where(Message.twilio_sid == sid)).first()
-        if taken is None:
-            message.twilio_sid = sid
+    turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, found.conversation_id))
+    message = _run(conn, "message_by_id", {"message_id": found.id}).one()._asdict()
+    changes = {}
+    if sid and message["twilio_sid"] is None:
+        if _run(conn, "sid_taken", {"sid": sid}).first() is None:
+            changes["twilio_sid"] = sid
         else:
             log.warning("status callback names a SID another message has", extra={"sid": sid})
-    changed = STATUS_RANK.get(status, 0) > STATUS_RANK.get(message.status, 0)
+    changed = STATUS_RANK.get(status, 0) > STATUS_RANK.get(message["status"], 0)
     if changed:
-        message.status = status
-        message.error_code = error or message.error_code
-        evidence.append(
-            conv,
-            created_at=now,
+        changes["status"] = status
+        changes["error_code"] = error or message["error_code"]
+        turn.record(
             kind=RecordKind.STATUS,
-            message_ref=message.ref,
+            message_ref=message["ref"],
             direction=Direction.OUTBOUND,
-            sender=message.sender,
-            recipient=message.recipient,
+            sender=message["sender"],
+            recipient=message["recipient"],
             twilio_sid=sid,
             status=status,
             error_code=error,
             signature_valid=signature_valid,
         )
-    if changed and error == CARRIER_OPT_OUT and message.recipient == conv.contact:
-        _opt_out_elsewhere(conv, now, method="twilio_error_21610", cause=message)
+    if changes:
+        _run(conn, "update_message", {"message_id": found.id, "updated_at": now, **changes})
+        message.update(changes)
+    if changed and error == CARRIER_OPT_OUT and message["recipient"] == turn.conv.contact:
+        _opt_out_elsewhere(turn, method="twilio_error_21610", cause=message)
+    if turn.entries:
+        _save(turn)
     db.session.commit()
     return True
 
 
-def _opt_out_elsewhere(conv: Conversation, now: datetime, method: str, **details) -> bool:
+def _opt_out_elsewhere(turn: _Turn, method: str, **details) -> bool:
+    conv = turn.conv
     decision = consent.opt_out_elsewhere(conv.facts)
-    employee = employees.active_by_line(conv.line)
+    turn.employee = _employee(turn.conn, phones.bare(conv.line))
     mode = None
-    if employee is not None:
-        settings = org_settings.current()
-        mode = consent.Policy(
-            employee.effective_mode(settings.default_mode), phones.channel_of(conv.contact)
-        ).effective_mode
-    _apply(_Turn(None, now, None, employee, conv), decision, mode=mode, method=method, **details)
+    if turn.employee is not None:
+        turn.settings = org_settings.current(turn.conn)
+        mode = _policy(turn).effective_mode
+    _apply(turn, decision, mode=mode, method=method, **details)
     return bool(decision.events)
 
 
 def record_opt_out(conversation_id: int, admin: str, method: str, note: str, now: datetime) -> bool:
     """An admin records an opt-out received another way; it takes effect at once."""
-    conv = _lock_by_id(conversation_id)
-    changed = _opt_out_elsewhere(conv, now, method=method, admin=admin, note=note or None)
+    conn = db.session.connection()
+    turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, conversation_id))
+    changed = _opt_out_elsewhere(turn, method=method, admin=admin, note=note or None)
+    _save(turn)
     db.session.commit()
     return changed
 
@@ -258,31 +437,31 @@ def review_hint(
     message_id: int, admin: str, opted_out: bool, reason: str, method: str, now: datetime
 ) -> bool:
     """Close a revocation hint: record the opt-out it asked for, or dismiss it with a reason."""
-    found = db.session.get(Message, message_id)
+    conn = db.session.connection()
+    found = _run(conn, "message_by_id", {"message_id": message_id}).first()
     if found is None or not found.hint:
-        return False
-    conv = _lock_by_id(found.conversation_id)
-    message = db.session.get(Message, message_id, populate_existing=True)
-    if message.review is not None:
         db.session.rollback()
         return False
-    message.review = "opted_out" if opted_out else "dismissed"
-    evidence.append(
-        conv,
-        created_at=now,
+    turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, found.conversation_id))
+    message = _run(conn, "message_by_id", {"message_id": message_id}).one()._asdict()
+    if message["review"] is not None:
+        db.session.rollback()
+        return False
+    review = "opted_out" if opted_out else "dismissed"
+    _run(conn, "update_message", {"message_id": message_id, "review": review, "updated_at": now})
+    turn.record(
         kind=RecordKind.REVIEW,
-        message_ref=message.ref,
+        message_ref=message["ref"],
         direction=Direction.INBOUND,
-        twilio_sid=message.twilio_sid,
-        body=message.body,
+        twilio_sid=message["twilio_sid"],
+        body=message["body"],
         admin=admin,
-        status=message.review,
+        status=review,
         note=reason or None,
     )
     if opted_out:
-        _opt_out_elsewhere(
-            conv, now, method=method, cause=message, admin=admin, note=reason or None
-        )
+        _opt_out_elsewhere(turn, method=method, cause=message, admin=admin, note=reason or None)
+    _save(turn)
     db.session.commit()
     return True
 
@@ -290,42 +469,41 @@ def review_hint(
 # -- routing -------------------------------------------------------------------
 
 
-def _stored_answer(sid: str) -> str | None:
-    return db.session.execute(
-        select(Message.answer).where(
-            Message.twilio_sid == sid, Message.direction == Direction.INBOUND
-        )
-    ).scalar_one_or_none()
+def _stored_answer(conn: Connection, sid: str) -> str | None:
+    return _run(conn, "answer", {"sid": sid}).scalar_one_or_none()
 
 
-def _route(inbound: Inbound, now: datetime, status_base: str) -> str:
-    employee = employees.active_by_line(phones.bare(inbound.to))
+def _employee(conn: Connection, line: str) -> Row | None:
+    """The active employee of ``line`` (id, name, cell, line, mode), if any."""
+    return _run(conn, "employee", {"line": line}).first()
+
+
+def _route(conn: Connection, inbound: Inbound, now: datetime, status_base: str) -> str:
+    employee = _employee(conn, phones.bare(inbound.to))
     if employee is None:
-        return _unrouted(inbound, now)
+        return _unrouted(conn, inbound, now)
     if phones.bare(inbound.sender) == employee.cell:
-        return _from_employee(inbound, employee, now, status_base)
-    return _from_contact(inbound, employee, now, status_base)
+        return _from_employee(conn, inbound, employee, now, status_base)
+    return _from_contact(conn, inbound, employee, now, status_base)
 
 
-def _unrouted(inbound: Inbound, now: datetime) -> str:
+def _unrouted(conn: Connection, inbound: Inbound, now: datetime) -> str:
     """A ``To`` that is no active line: keep the text, answer nothing."""
     log.warning("text to a number that is no line", extra={"to": inbound.to, "sid": inbound.sid})
-    conv = _lock(phones.bare(inbound.to), inbound.sender, now)
-    if (stored := _stored_answer(inbound.sid)) is not None:
-        return stored
-    turn = _Turn(inbound, now, org_settings.current(), None, conv)
-    _record_inbound(turn, Role.CONTACT, Disposition.UNROUTED)
+    conv = _lock(conn, phones.bare(inbound.to), inbound.sender, now)
+    turn = _Turn(conn, inbound, now, org_settings.current(conn), None, conv)
+    _record_inbound(turn, Role.CONTACT, Disposition.UNROUTED, answer=twiml.EMPTY)
     decision = consent.unrouted(conv.facts, keywords.classify(inbound.body, inbound.opt_out_type))
     _apply(turn, decision, mode=None, method="sms to an inactive line")
-    turn.message.answer = twiml.EMPTY
+    _save(turn)
     return twiml.EMPTY
 
 
-def _from_contact(inbound: Inbound, employee: Employee, now: datetime, status_base: str) -> str:
-    conv = _lock(employee.line, inbound.sender, now)
-    if (stored := _stored_answer(inbound.sid)) is not None:
-        return stored
-    turn = _Turn(inbound, now, org_settings.current(), employee, conv)
+def _from_contact(
+    conn: Connection, inbound: Inbound, employee: Row, now: datetime, status_base: str
+) -> str:
+    conv = _lock(conn, employee.line, inbound.sender, now)
+    turn = _Turn(conn, inbound, now, org_settings.current(conn), employee, conv)
     policy = _policy(turn)
     classified = keywords.classify(inbound.body, inbound.opt_out_type)
     decision = consent.decide(conv.facts, policy, Role.CONTACT, classified, now)
@@ -335,32 +513,36 @@ def _from_contact(inbound: Inbound, employee: Employee, now: datetime, status_ba
     return _answer(turn, status_base)
 
 
-def _from_employee(inbound: Inbound, employee: Employee, now: datetime, status_base: str) -> str:
-    # One employee text at a time: who "the current contact" is must not race.
-    _lock_employee(employee)
-    settings = org_settings.current()
+def _from_employee(
+    conn: Connection, inbound: Inbound, employee: Row, now: datetime, status_base: str
+) -> str:
+    if conn.dialect.name == "postgresql":
+        # One employee text at a time: who "the current contact" is must not race.
+        # (SQLite's BEGIN IMMEDIATE has locked the whole database already.)
+        _run(conn, "lock_employee", {"employee_id": employee.id}).first()
+    settings = org_settings.current(conn)
     region = current_app.config["DEFAULT_REGION"]
     if inbound.body.strip().lower() == "#help":
-        return _control(inbound, employee, settings, now, status_base, texts.USAGE)
+        return _control(conn, inbound, employee, settings, now, status_base, texts.USAGE)
     if not inbound.body.strip() and not inbound.media:
-        return _control(inbound, employee, settings, now, status_base, texts.EMPTY)
+        return _control(conn, inbound, employee, settings, now, status_base, texts.EMPTY)
     try:
         addressed = phones.leading_address(inbound.body, region)
     except phones.InvalidNumber as exc:
         reply = texts.BAD_NUMBER.format(error=str(exc))
-        return _control(inbound, employee, settings, now, status_base, reply)
+        return _control(conn, inbound, employee, settings, now, status_base, reply)
     if addressed.address is None:
-        conv = _current_contact(employee)
-        if conv is None:
-            return _control(inbound, employee, settings, now, status_base, texts.USAGE)
+        where = {"line": employee.line, "cell": employee.cell}
+        row = _run(conn, "current_contact", where).first()
+        if row is None:
+            return _control(conn, inbound, employee, settings, now, status_base, texts.USAGE)
+        conv = Conv(*row)
     elif phones.bare(addressed.address) in (employee.line, employee.cell):
-        return _control(inbound, employee, settings, now, status_base, texts.NOT_A_CONTACT)
+        return _control(conn, inbound, employee, settings, now, status_base, texts.NOT_A_CONTACT)
     else:
-        conv = _lock(employee.line, addressed.address, now)
-    if (stored := _stored_answer(inbound.sid)) is not None:
-        return stored
+        conv = _lock(conn, employee.line, addressed.address, now)
     conv.addressed_at = now
-    turn = _Turn(inbound, now, settings, employee, conv)
+    turn = _Turn(conn, inbound, now, settings, employee, conv)
     if addressed.address is not None and not sendable(addressed.body) and not inbound.media:
         # A bare number: switch the current contact and confirm.
         _record_inbound(turn, Role.EMPLOYEE, Disposition.ANSWERED)
@@ -375,21 +557,18 @@ def _from_employee(inbound: Inbound, employee: Employee, now: datetime, status_b
     return _answer(turn, status_base)
 
 
-def _control(inbound, employee, settings, now, status_base, reply: str) -> str:
+def _control(conn, inbound, employee, settings, now, status_base, reply: str) -> str:
     """Answer the employee about addressing; kept on the line's own conversation."""
-    conv = _lock(employee.line, inbound.sender, now)
-    if (stored := _stored_answer(inbound.sid)) is not None:
-        return stored
-    turn = _Turn(inbound, now, settings, employee, conv)
+    conv = _lock(conn, employee.line, inbound.sender, now)
+    turn = _Turn(conn, inbound, now, settings, employee, conv)
     _record_inbound(turn, Role.EMPLOYEE, Disposition.ANSWERED)
     _send(turn, Role.EMPLOYEE, reply, text_key=None)
     return _answer(turn, status_base)
 
 
 def _policy(turn: _Turn) -> consent.Policy:
-    mode = turn.employee.effective_mode(turn.settings.default_mode)
     return consent.Policy(
-        mode=mode,
+        mode=turn.employee.mode or turn.settings.default_mode,
         channel=phones.channel_of(turn.conv.contact),
         stop_filtering=current_app.config["TWILIO_STOP_FILTERING"],
     )
@@ -402,67 +581,33 @@ def _disposition(decision: consent.Decision) -> Disposition:
 # -- conversations and their locks --------------------------------------------
 
 
-def _lock(line: str, contact: str, now: datetime) -> Conversation:
+def _lock(conn: Connection, line: str, contact: str, now: datetime) -> Conv:
     """The conversation, created if new, locked until the transaction ends.
 
-    Postgres: a row lock (SELECT … FOR UPDATE). SQLite: the whole database is
-    already locked by BEGIN IMMEDIATE (see ``configure_sqlite``).
+    Postgres: a row lock (SELECT … FOR UPDATE; a row this transaction inserted is
+    its own until commit). SQLite: the whole database is already locked by
+    BEGIN IMMEDIATE (see ``configure_sqlite``).
     """
-    query = (
-        select(Conversation)
-        .where(Conversation.line == line, Conversation.contact == contact)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    conv = db.session.execute(query).scalar_one_or_none()
-    if conv is not None:
-        return conv
-    dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
-    db.session.execute(
-        dialect.insert(Conversation)
-        .values(
-            line=line,
-            contact=contact,
-            state=consent.State.NEW,
-            chain_head=GENESIS,
-            chain_length=0,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["line", "contact"])
-    )
-    return db.session.execute(query).scalar_one()
+    key = {"line": line, "contact": contact}
+    row = _run(conn, "lock", key).first()
+    if row is None:
+        created = {
+            **key,
+            "state": consent.State.NEW,
+            "twilio_opt_out": False,
+            "chain_head": GENESIS,
+            "chain_length": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        row = conn.execute(_SQL["create"][conn.dialect.name], created).first()
+        if row is None:  # a concurrent webhook created it first: wait for its lock
+            row = _run(conn, "lock", key).one()
+    return Conv(*row)
 
 
-def _lock_employee(employee: Employee) -> None:
-    """Postgres: hold the employee's row until commit (SQLite is locked whole already)."""
-    db.session.execute(
-        select(Employee.id).where(Employee.id == employee.id).with_for_update()
-    ).first()
-
-
-def _lock_by_id(conversation_id: int) -> Conversation:
-    return db.session.execute(
-        select(Conversation)
-        .where(Conversation.id == conversation_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-
-
-def _current_contact(employee: Employee) -> Conversation | None:
-    """The contact that last texted the line or that the employee last addressed."""
-    found = db.session.execute(
-        select(Conversation.contact)
-        .where(
-            Conversation.line == employee.line,
-            Conversation.addressed_at.is_not(None),
-            Conversation.contact != employee.cell,
-        )
-        .order_by(Conversation.addressed_at.desc(), Conversation.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return None if found is None else _lock(employee.line, found, None)
+def _lock_by_id(conn: Connection, conversation_id: int) -> Conv:
+    return Conv(*_run(conn, "lock_by_id", {"conv_id": conversation_id}).one())
 
 
 # -- carrying a decision out ---------------------------------------------------
@@ -485,12 +630,14 @@ _MESSAGE_DEFAULTS = {
 }
 
 
-def _new_message(**fields) -> Message:
-    """A message row with every column set, so a turn's rows insert in one batch."""
-    fields.setdefault("updated_at", fields["created_at"])
-    message = Message(ref=new_ref(), **(_MESSAGE_DEFAULTS | fields))
-    db.session.add(message)
-    return message
+def _new_message(turn: _Turn, **fields) -> dict:
+    """A ``messages`` row with every column set, so a turn's rows insert in one batch."""
+    row = _MESSAGE_DEFAULTS | fields
+    row["ref"] = new_ref()
+    row["conversation_id"] = turn.conv.id
+    row["created_at"] = row["updated_at"] = turn.now
+    turn.messages.append(row)
+    return row
 
 
 def _record_inbound(
@@ -499,10 +646,11 @@ def _record_inbound(
     disposition: Disposition,
     hint: bool = False,
     relay_body: str | None = None,
+    answer: str | None = None,
 ) -> None:
     inbound = turn.inbound
     message = _new_message(
-        conversation_id=turn.conv.id,
+        turn,
         direction=Direction.INBOUND,
         author=author,
         sender=inbound.sender,
@@ -517,19 +665,17 @@ def _record_inbound(
         hint=hint,
         recovered=inbound.recovered,
         signature_valid=inbound.signature_valid,
-        created_at=turn.now,
+        answer=answer,
     )
     turn.message = message
-    evidence.append(
-        turn.conv,
-        created_at=turn.now,
+    turn.record(
         kind=RecordKind.MESSAGE,
-        message_ref=message.ref,
+        message_ref=message["ref"],
         direction=Direction.INBOUND,
         sender=inbound.sender,
         recipient=inbound.to,
         body=inbound.body,
-        media_json=message.media_json,
+        media_json=message["media_json"],
         twilio_sid=inbound.sid,
         status=RECEIVED,
         signature_valid=inbound.signature_valid,
@@ -542,7 +688,7 @@ def _apply(
     decision: consent.Decision,
     mode: consent.Mode | None,
     method: str = "sms",
-    cause: Message | None = None,
+    cause: dict | None = None,
     admin: str | None = None,
     note: str | None = None,
 ) -> None:
@@ -562,17 +708,15 @@ def _apply(
         if isinstance(step, consent.Text) and step.to is Role.CONTACT
     }
     for event in decision.events:
-        evidence.append(
-            conv,
-            created_at=turn.now,
+        turn.record(
             kind=RecordKind.CONSENT,
             event=event,
             mode=mode,
             state=after.state,
             shown_text=_shown(event, shown),
-            cause_sid=cause.twilio_sid if cause else None,
-            cause_body=cause.body if cause else None,
-            signature_valid=cause.signature_valid if cause else None,
+            cause_sid=cause["twilio_sid"] if cause else None,
+            cause_body=cause["body"] if cause else None,
+            signature_valid=cause["signature_valid"] if cause else None,
             method=method,
             admin=admin,
             note=note,
@@ -608,55 +752,37 @@ def _shown(event: consent.Event, shown: dict[str, str]) -> str | None:
     return next((text for key, text in shown.items() if wanted(key)), None)
 
 
-def _held(turn: _Turn) -> list[Message]:
-    current = turn.message.id if turn.message is not None else None
-    rows = db.session.execute(
-        select(Message)
-        .where(
-            Message.conversation_id == turn.conv.id,
-            Message.disposition == Disposition.HELD,
-            Message.direction == Direction.INBOUND,
-        )
-        .order_by(Message.id)
-    ).scalars()
-    return [m for m in rows if m is not turn.message and m.id != current]
+def _held(turn: _Turn) -> list[dict]:
+    """The conversation's held texts, oldest first (this turn's own text is not written yet)."""
+    return [row._asdict() for row in _run(turn.conn, "held", {"conv_id": turn.conv.id})]
 
 
-def _dispose(turn: _Turn, held: Message, disposition: Disposition) -> None:
-    held.disposition = disposition
-    evidence.append(
-        turn.conv,
-        created_at=turn.now,
+def _dispose(turn: _Turn, held: dict, disposition: Disposition) -> None:
+    turn.disposed.setdefault(disposition, []).append(held["id"])
+    turn.record(
         kind=RecordKind.DISPOSITION,
-        message_ref=held.ref,
+        message_ref=held["ref"],
         direction=Direction.INBOUND,
-        twilio_sid=held.twilio_sid,
+        twilio_sid=held["twilio_sid"],
         note=disposition.value,
     )
 
 
-def _relay(turn: _Turn, source: Message) -> None:
+def _relay(turn: _Turn, source: dict) -> None:
     """Deliver a text to the other side of the conversation."""
-    if source.author is Role.CONTACT:
+    if source["author"] is Role.CONTACT:
         template = turn.settings.text("relay.to_employee")
-        values = turn.values(source.body)
-        mark = texts.HINT_MARK if source.hint else ""
+        values = turn.values(source["body"])
+        mark = texts.HINT_MARK if source["hint"] else ""
         if template.endswith("{body}"):
             prefix = texts.render(template[: -len("{body}")], values)
-            parts = texts.split(source.body + mark, prefix)
+            parts = texts.split(source["body"] + mark, prefix)
         else:
             parts = texts.split(texts.render(template, values) + mark)
-        _send(turn, Role.EMPLOYEE, parts, text_key=None, media=source.media_json, source=source)
+        _send(turn, Role.EMPLOYEE, parts, text_key=None, source=source)
     else:
-        body = source.relay_body if source.relay_body is not None else source.body
-        _send(
-            turn,
-            Role.CONTACT,
-            texts.split(body),
-            text_key=None,
-            media=source.media_json,
-            source=source,
-        )
+        body = source["relay_body"] if source["relay_body"] is not None else source["body"]
+        _send(turn, Role.CONTACT, texts.split(body), text_key=None, source=source)
 
 
 def _send(
@@ -664,8 +790,7 @@ def _send(
     to: Role,
     body: str | list[str],
     text_key: str | None,
-    media: str = "[]",
-    source: Message | None = None,
+    source: dict | None = None,
 ) -> None:
     """Queue a text (in parts of at most 1600 characters) and record it."""
     conv = turn.conv
@@ -676,38 +801,37 @@ def _send(
     else:
         recipient = turn.employee.cell
         sender = line
+    media = source["media_json"] if source else "[]"
     parts = texts.split(sendable(body)) if isinstance(body, str) else [sendable(p) for p in body]
     for number, part in enumerate(parts):
         message = _new_message(
-            conversation_id=conv.id,
+            turn,
             direction=Direction.OUTBOUND,
-            author=source.author if source else None,
+            author=source["author"] if source else None,
             sender=sender,
             recipient=recipient,
             body=part,
             media_json=media if number == 0 else "[]",
             status=QUEUED,
             text_key=text_key,
-            source_ref=source.ref if source else None,
-            created_at=turn.now,
+            source_ref=source["ref"] if source else None,
         )
         turn.outgoing.append(message)
-        evidence.append(
-            conv,
-            created_at=turn.now,
+        turn.record(
             kind=RecordKind.MESSAGE,
-            message_ref=message.ref,
+            message_ref=message["ref"],
             direction=Direction.OUTBOUND,
             sender=sender,
             recipient=recipient,
             body=part,
-            media_json=message.media_json,
+            media_json=message["media_json"],
             status=QUEUED,
-            note=text_key or ("relay of " + source.ref if source else None),
+            note=text_key or ("relay of " + source["ref"] if source else None),
         )
 
 
 def _answer(turn: _Turn, status_base: str) -> str:
     answer = twiml.render(turn.outgoing, turn.inbound.sender, turn.inbound.channel, status_base)
-    turn.message.answer = answer
+    turn.message["answer"] = answer
+    _save(turn)
     return answer

@@ -7,7 +7,7 @@ read afresh for every message, so a change applies from the next one on.
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 
 from bot import texts
 from bot.consent import Mode
@@ -33,9 +33,12 @@ class Settings:
         return self.texts[key]
 
 
-def current() -> Settings:
+_SAVED = select(Setting.__table__.c.key, Setting.__table__.c.value)
+
+
+def current(conn: Connection | None = None) -> Settings:
     """The settings in force now: saved values over the environment's defaults."""
-    saved = dict(db.session.execute(select(Setting.key, Setting.value)).all())
+    saved = dict((conn or db.session.connection()).execute(_SAVED).all())
     config = current_app.config
     merged = dict(texts.DEFAULTS)
     for key, value in saved.items():

@@ -2,7 +2,7 @@
 
 Loaded with ``gunicorn -c tests/crash_hooks.py``; only the tests use it. While
 the file named by $CONSENTLINE_CRASH_MARKER exists, a worker about to commit
-a webhook's transaction exits at once, as if the machine lost power.
+a transaction that wrote something exits at once, as if the machine lost power.
 """
 
 import os
@@ -10,11 +10,17 @@ import os
 
 def post_worker_init(worker):
     from sqlalchemy import event
-    from sqlalchemy.orm import Session
+    from sqlalchemy.engine import Engine
 
     marker = os.environ["CONSENTLINE_CRASH_MARKER"]
+    wrote = "consentline_crash_wrote"
 
-    @event.listens_for(Session, "before_commit")
-    def crash(session):
-        if os.path.exists(marker) and session.new:
+    @event.listens_for(Engine, "before_cursor_execute")
+    def note_writes(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            conn.info[wrote] = True
+
+    @event.listens_for(Engine, "commit")
+    def crash(conn):
+        if conn.info.pop(wrote, False) and os.path.exists(marker):
             os._exit(1)
