@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--profile", choices=("sqlite", "postgres", "bare"))
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--profile-out", help="also write the cProfile stats to this file")
     args = parser.parse_args(argv)
 
     os.environ["FLASK_RUN_FROM_CLI"] = ""
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile:
             profile = cProfile.Profile()
             _round(targets[args.profile], args.requests, base, args.time_cap, profile)
+            if args.profile_out:
+                profile.dump_stats(args.profile_out)
             stats = pstats.Stats(profile).sort_stats("cumulative")
             stats.print_stats(args.top)
             stats.sort_stats("tottime").print_stats(args.top)

@@ -1,7 +1,9 @@
 """ConsentLine: a consent gate in front of a small team's business text lines."""
 
+import fcntl
 import logging
 import os
+import time
 from collections.abc import Mapping
 
 from dotenv import load_dotenv
@@ -77,10 +79,17 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for every transaction.
 
     BEGIN IMMEDIATE takes the write lock up front, so concurrent webhooks (several
-    gunicorn workers) queue on the busy timeout instead of deadlocking on upgrade.
-    Long reads (export, verify) say so with ``read_only()`` and take no lock: WAL
-    lets them read a snapshot while webhooks go on writing.
+    gunicorn workers) queue instead of deadlocking on upgrade. They queue on a
+    ``WriterQueue`` first: SQLite's own busy handler retries after sleeps of up to
+    100 ms, so a webhook that found the lock taken for a millisecond could wait
+    ten; the queue hands the lock over as soon as it is free. Long reads (export,
+    verify) say so with ``read_only()`` and take no lock: WAL lets them read a
+    snapshot while webhooks go on writing.
     """
+    path = engine.url.database
+    queue = None
+    if path and path != ":memory:" and not path.startswith("file:"):
+        queue = WriterQueue(path + ".writer-lock", busy_seconds)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -94,8 +103,76 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        reading = connection.get_execution_options().get(READ_ONLY)
-        connection.exec_driver_sql("BEGIN DEFERRED" if reading else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+            return
+        if queue is not None:
+            queue.acquire(connection.connection.dbapi_connection)
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    if queue is not None:
+        # Let the next writer in once the transaction has really ended: the
+        # engine's commit and rollback events come before the driver's call.
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection):
+            try:
+                commit(dbapi_connection)
+            finally:
+                queue.release(dbapi_connection)
+
+        def do_rollback(dbapi_connection):
+            try:
+                rollback(dbapi_connection)
+            finally:
+                queue.release(dbapi_connection)
+
+        dialect.do_commit, dialect.do_rollback = do_commit, do_rollback
+
+        @event.listens_for(engine, "close")
+        def _close(dbapi_connection, _record):
+            queue.release(dbapi_connection)
+
+
+class WriterQueue:
+    """One SQLite writer at a time across processes, handed over without delay.
+
+    An exclusive ``flock`` on a file beside the database, taken before
+    BEGIN IMMEDIATE and let go when the transaction ends. Waiting polls every
+    50 µs to 1 ms (not SQLite's 1–100 ms); after the busy timeout the writer goes
+    on to BEGIN IMMEDIATE, whose own busy timeout then answers for it. A process
+    that dies lets go of its lock with its file descriptors.
+    """
+
+    def __init__(self, path: str, timeout_seconds: float):
+        self.path = path
+        self.timeout = timeout_seconds
+        self.held: dict[int, int] = {}  # id of the driver connection -> lock file descriptor
+
+    def acquire(self, dbapi_connection) -> None:
+        key = id(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+        if key in self.held:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        pause, deadline = 0.00005, time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+        self.held[key] = fd
+
+    def release(self, dbapi_connection) -> None:
+        key = id(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+        fd = self.held.pop(key, None)
+        if fd is not None:
+            os.close(fd)
 
 
 def register_blueprints(app: Flask) -> None:

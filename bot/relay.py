@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, null, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -30,6 +30,7 @@ from bot.models import (
     Employee,
     Message,
     RecordKind,
+    Setting,
     new_ref,
 )
 
@@ -90,6 +91,8 @@ def parse_form(
     signature_valid: bool | None = True,
 ) -> Inbound:
     """Read Twilio's webhook parameters, tolerating missing or malformed ones."""
+    # A plain dict: a werkzeug MultiDict raises (and catches) an exception per missing key.
+    form = form.to_dict() if hasattr(form, "to_dict") else dict(form)
     sender = sendable(_clean(form.get("From"))).strip()
     to = sendable(_clean(form.get("To"))).strip()
     if not sender or not to:
@@ -177,10 +180,25 @@ def _create(dialect):
     )
 
 
+_EMPLOYEE_COLUMNS = (
+    _EMPLOYEES.c.id,
+    _EMPLOYEES.c.name,
+    _EMPLOYEES.c.cell,
+    _EMPLOYEES.c.line,
+    _EMPLOYEES.c.mode,
+)
+_SETTINGS = Setting.__table__
+
 _SQL = {
-    "employee": select(
-        _EMPLOYEES.c.id, _EMPLOYEES.c.name, _EMPLOYEES.c.cell, _EMPLOYEES.c.line, _EMPLOYEES.c.mode
-    ).where(_EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)),
+    # The line's active employee and the organisation's saved settings, in one read:
+    # a row (employee, NULL, NULL) if the line is active, a row (NULLs, key, value)
+    # per saved setting.
+    "line": union_all(
+        select(*_EMPLOYEE_COLUMNS, null().label("key"), null().label("value")).where(
+            _EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)
+        ),
+        select(*(null() for _ in _EMPLOYEE_COLUMNS), _SETTINGS.c.key, _SETTINGS.c.value),
+    ),
     "lock_employee": select(_EMPLOYEES.c.id)
     .where(_EMPLOYEES.c.id == bindparam("employee_id"))
     .with_for_update(),
@@ -414,11 +432,8 @@ def handle_status(
 def _opt_out_elsewhere(turn: _Turn, method: str, **details) -> bool:
     conv = turn.conv
     decision = consent.opt_out_elsewhere(conv.facts)
-    turn.employee = _employee(turn.conn, phones.bare(conv.line))
-    mode = None
-    if turn.employee is not None:
-        turn.settings = org_settings.current(turn.conn)
-        mode = _policy(turn).effective_mode
+    turn.employee, turn.settings = _line(turn.conn, phones.bare(conv.line))
+    mode = None if turn.employee is None else _policy(turn).effective_mode
     _apply(turn, decision, mode=mode, method=method, **details)
     return bool(decision.events)
 
@@ -473,25 +488,31 @@ def _stored_answer(conn: Connection, sid: str) -> str | None:
     return _run(conn, "answer", {"sid": sid}).scalar_one_or_none()
 
 
-def _employee(conn: Connection, line: str) -> Row | None:
-    """The active employee of ``line`` (id, name, cell, line, mode), if any."""
-    return _run(conn, "employee", {"line": line}).first()
+def _line(conn: Connection, line: str) -> tuple[Row | None, org_settings.Settings]:
+    """The active employee of ``line`` (if any) and the settings in force."""
+    employee, saved = None, {}
+    for row in _run(conn, "line", {"line": line}):
+        if row.key is None:
+            employee = row
+        else:
+            saved[row.key] = row.value
+    return employee, org_settings.from_saved(saved)
 
 
 def _route(conn: Connection, inbound: Inbound, now: datetime, status_base: str) -> str:
-    employee = _employee(conn, phones.bare(inbound.to))
+    employee, settings = _line(conn, phones.bare(inbound.to))
     if employee is None:
-        return _unrouted(conn, inbound, now)
+        return _unrouted(conn, inbound, settings, now)
     if phones.bare(inbound.sender) == employee.cell:
-        return _from_employee(conn, inbound, employee, now, status_base)
-    return _from_contact(conn, inbound, employee, now, status_base)
+        return _from_employee(conn, inbound, employee, settings, now, status_base)
+    return _from_contact(conn, inbound, employee, settings, now, status_base)
 
 
-def _unrouted(conn: Connection, inbound: Inbound, now: datetime) -> str:
+def _unrouted(conn: Connection, inbound: Inbound, settings, now: datetime) -> str:
     """A ``To`` that is no active line: keep the text, answer nothing."""
     log.warning("text to a number that is no line", extra={"to": inbound.to, "sid": inbound.sid})
     conv = _lock(conn, phones.bare(inbound.to), inbound.sender, now)
-    turn = _Turn(conn, inbound, now, org_settings.current(conn), None, conv)
+    turn = _Turn(conn, inbound, now, settings, None, conv)
     _record_inbound(turn, Role.CONTACT, Disposition.UNROUTED, answer=twiml.EMPTY)
     decision = consent.unrouted(conv.facts, keywords.classify(inbound.body, inbound.opt_out_type))
     _apply(turn, decision, mode=None, method="sms to an inactive line")
@@ -499,11 +520,9 @@ def _unrouted(conn: Connection, inbound: Inbound, now: datetime) -> str:
     return twiml.EMPTY
 
 
-def _from_contact(
-    conn: Connection, inbound: Inbound, employee: Row, now: datetime, status_base: str
-) -> str:
+def _from_contact(conn, inbound: Inbound, employee: Row, settings, now, status_base: str) -> str:
     conv = _lock(conn, employee.line, inbound.sender, now)
-    turn = _Turn(conn, inbound, now, org_settings.current(conn), employee, conv)
+    turn = _Turn(conn, inbound, now, settings, employee, conv)
     policy = _policy(turn)
     classified = keywords.classify(inbound.body, inbound.opt_out_type)
     decision = consent.decide(conv.facts, policy, Role.CONTACT, classified, now)
@@ -513,14 +532,11 @@ def _from_contact(
     return _answer(turn, status_base)
 
 
-def _from_employee(
-    conn: Connection, inbound: Inbound, employee: Row, now: datetime, status_base: str
-) -> str:
+def _from_employee(conn, inbound: Inbound, employee: Row, settings, now, status_base: str) -> str:
     if conn.dialect.name == "postgresql":
         # One employee text at a time: who "the current contact" is must not race.
         # (SQLite's BEGIN IMMEDIATE has locked the whole database already.)
         _run(conn, "lock_employee", {"employee_id": employee.id}).first()
-    settings = org_settings.current(conn)
     region = current_app.config["DEFAULT_REGION"]
     if inbound.body.strip().lower() == "#help":
         return _control(conn, inbound, employee, settings, now, status_base, texts.USAGE)

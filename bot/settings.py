@@ -33,12 +33,16 @@ class Settings:
         return self.texts[key]
 
 
-_SAVED = select(Setting.__table__.c.key, Setting.__table__.c.value)
+SAVED = select(Setting.__table__.c.key, Setting.__table__.c.value)
 
 
 def current(conn: Connection | None = None) -> Settings:
     """The settings in force now: saved values over the environment's defaults."""
-    saved = dict((conn or db.session.connection()).execute(_SAVED).all())
+    return from_saved(dict((conn or db.session.connection()).execute(SAVED).all()))
+
+
+def from_saved(saved: dict[str, str]) -> Settings:
+    """The settings that ``saved`` (key → value, as stored) puts in force."""
     config = current_app.config
     merged = dict(texts.DEFAULTS)
     for key, value in saved.items():
