@@ -3,14 +3,20 @@
 import contextlib
 import csv
 import hashlib
+import itertools
 import json
+import multiprocessing
+import os
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import IO, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.pool import NullPool
 
 from bot.extensions import db, read_only
 from bot.models import GENESIS, Attestation, Conversation, utcnow
@@ -119,26 +125,31 @@ def _stored_time(value: Any) -> str:
     return _canonical(value)
 
 
-# Row layout of _scan: conversation (5 columns), the hashed fields, prev_hash, hash.
-_SEQ = 5
-_FIELDS = slice(_SEQ, _SEQ + len(HASHED))
+# Row layout of _scan: conversation id, head and length; then line, contact and the
+# hashed fields, which are what the hash is computed over; then prev_hash, hash.
+_LINE = 3
+_PAYLOAD = slice(_LINE, _LINE + 2 + len(HASHED))
+_TIME = 2 + HASHED.index("created_at")  # within the payload
 _SIGNATURE = HASHED.index("signature_valid")
+_SIGNATURE_AT = 2 + _SIGNATURE  # within the payload
+_SEQ = _LINE + 2  # seq is the first hashed field
+
+_NO_OFFSET = timedelta(0)
+
+# A log this large is verified by several processes, each walking its share of the
+# conversations (chains are independent); below it, one process is quicker.
+PARALLEL_FROM = 20_000
 
 
-def _scan(batch: int) -> Iterator[tuple]:
-    """Every conversation with its entries, in chain order, as plain tuples.
-
-    Read through the driver's own cursor (server-side on Postgres), as stored:
-    no ORM or type processing on millions of rows, and a tampered value
-    (an unknown enum, a malformed date) is simply a value that fails its hash.
-    """
+def _scan_statement(low: int | None = None, high: int | None = None):
+    """Every conversation (with id in [low, high)) with its entries, in chain order."""
     stmt = (
         select(
             Conversation.id,
-            Conversation.line,
-            Conversation.contact,
             Conversation.chain_head,
             Conversation.chain_length,
+            Conversation.line,
+            Conversation.contact,
             *(getattr(Attestation, name) for name in HASHED),
             Attestation.prev_hash,
             Attestation.hash,
@@ -146,14 +157,28 @@ def _scan(batch: int) -> Iterator[tuple]:
         .outerjoin(Attestation, Attestation.conversation_id == Conversation.id)
         .order_by(Conversation.id, Attestation.seq)
     )
-    yield from _driver_rows(stmt, batch)
+    if low is not None:
+        stmt = stmt.where(Conversation.id >= low)
+    if high is not None:
+        stmt = stmt.where(Conversation.id < high)
+    return stmt
+
+
+def _sql(stmt, dialect) -> str:
+    return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 def _driver_rows(stmt, batch: int) -> Iterator[tuple]:
     """Run a SELECT on the session's connection through the driver's cursor, streamed."""
-    sql = str(stmt.compile(dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}))
     driver = db.session.connection().connection.driver_connection
-    if db.engine.dialect.name == "postgresql":
+    yield from _cursor_rows(driver, db.engine.dialect.name, _sql(stmt, db.engine.dialect), batch)
+
+
+def _cursor_rows(driver, dialect_name: str, sql: str, batch: int) -> Iterator[tuple]:
+    """Read through the driver's own cursor (server-side on Postgres), as stored:
+    no ORM or type processing on millions of rows, and a tampered value (an
+    unknown enum, a malformed date) is simply a value that fails its hash."""
+    if dialect_name == "postgresql":
         cursor = driver.cursor(name="consentline_stream")
         cursor.itersize = batch
     else:
@@ -166,54 +191,49 @@ def _driver_rows(stmt, batch: int) -> Iterator[tuple]:
         cursor.close()
 
 
-def _canonical_row(row: tuple) -> list[Any]:
-    values = list(row[_FIELDS])
-    values[1] = _stored_time(values[1])
-    if values[_SIGNATURE] is not None:
-        values[_SIGNATURE] = bool(values[_SIGNATURE])  # SQLite keeps 0/1
-    return values
+def _canonical_time(value: Any) -> str:
+    """created_at as stored (SQLite: naive UTC text; Postgres: aware) in canonical form."""
+    if isinstance(value, datetime) and value.utcoffset() == _NO_OFFSET:
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"  # as _canonical, quicker
+    return _stored_time(value)
 
 
-def _orphans() -> int:
-    """Entries whose conversation is gone (possible only with foreign keys off)."""
-    # NOT EXISTS plans as an anti-join; NOT IN (subquery) rescans per row on Postgres.
-    owner = select(Conversation.id).where(Conversation.id == Attestation.conversation_id)
-    return db.session.execute(select(func.count(Attestation.id)).where(~owner.exists())).scalar()
-
-
-def verify(batch: int = 5000) -> Report:
-    """Recompute every chain; name each conversation whose chain does not hold."""
-    read_only()
-    report = Report(broken=[])
-    current = None
-    expected_seq, prev, fault = 1, GENESIS, None
+def _walk(rows: Iterator[tuple]) -> tuple[int, int, list[Broken]]:
+    """Recompute the chains of ``rows`` (``_scan_statement``'s layout): counts and breaks."""
+    conversations = entries = 0
+    broken: list[Broken] = []
+    current = last = fault = None
+    expected_seq, prev = 1, GENESIS
+    encode, sha256 = _ENCODE, hashlib.sha256
 
     def close(row) -> None:
-        _id, line, contact, head, length = row[:_SEQ]
         reason = fault
-        if reason is None and expected_seq - 1 != length:
-            reason = f"{length} entries recorded, {expected_seq - 1} found"
-        if reason is None and prev != head:
+        if reason is None and expected_seq - 1 != row[2]:
+            reason = f"{row[2]} entries recorded, {expected_seq - 1} found"
+        if reason is None and prev != row[1]:
             reason = "the last entry is not the recorded chain head"
         if reason:
-            report.broken.append(Broken(line, contact, reason))
+            broken.append(Broken(row[_LINE], row[_LINE + 1], reason))
 
-    last = None
-    for row in _scan(batch):
+    for row in rows:
         if row[0] != current:
             if last is not None:
                 close(last)
-            report.conversations += 1
+            conversations += 1
             current, expected_seq, prev, fault = row[0], 1, GENESIS, None
         last = row
         seq = row[_SEQ]
         if seq is None:
             continue
-        report.entries += 1
+        entries += 1
         if fault is not None:
             continue
+        payload = list(row[_PAYLOAD])
         try:
-            computed = _seal(prev, row[1], row[2], _canonical_row(row))
+            payload[_TIME] = _canonical_time(payload[_TIME])
+            if payload[_SIGNATURE_AT] is not None:
+                payload[_SIGNATURE_AT] = bool(payload[_SIGNATURE_AT])  # SQLite keeps 0/1
+            computed = sha256((prev + encode(payload)).encode()).hexdigest()
         except (TypeError, ValueError):
             computed = None
         if seq != expected_seq:
@@ -226,6 +246,81 @@ def verify(batch: int = 5000) -> Report:
         expected_seq += 1
     if last is not None:
         close(last)
+    return conversations, entries, broken
+
+
+def _walk_part(url: str, sql: str, batch: int) -> tuple[int, int, list[Broken]]:
+    """One process's share of ``verify``: its own connection, its own range of chains."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        raw = engine.raw_connection()
+        try:
+            return _walk(_cursor_rows(raw.driver_connection, engine.dialect.name, sql, batch))
+        finally:
+            raw.rollback()
+            raw.close()
+    finally:
+        engine.dispose()
+
+
+def _orphans() -> int:
+    """Entries whose conversation is gone (possible only with foreign keys off)."""
+    # NOT EXISTS plans as an anti-join; NOT IN (subquery) rescans per row on Postgres.
+    owner = select(Conversation.id).where(Conversation.id == Attestation.conversation_id)
+    return db.session.execute(select(func.count(Attestation.id)).where(~owner.exists())).scalar()
+
+
+def _ranges(parts: int) -> list[tuple[int | None, int | None]]:
+    """Conversation id ranges holding about as many entries each."""
+    total = db.session.execute(select(func.coalesce(func.sum(Conversation.chain_length), 0)))
+    total = total.scalar()
+    if parts < 2 or not total:
+        return [(None, None)]
+    # Cut where the running sum of chain lengths crosses each share (one indexed scan
+    # of the conversations table, which is a tenth of the log).
+    bounds, share, running = [], total / parts, 0
+    stmt = select(Conversation.id, Conversation.chain_length).order_by(Conversation.id)
+    for conv_id, length in db.session.execute(stmt):
+        if running >= share * (len(bounds) + 1):
+            bounds.append(conv_id)
+            if len(bounds) == parts - 1:
+                break
+        running += length or 0
+    return list(itertools.pairwise([None, *bounds, None]))
+
+
+def _can_spawn() -> bool:
+    """A spawned process re-imports ``__main__``: it must be a module or a real file."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    return spec is not None or (path is not None and os.path.isfile(path))
+
+
+def verify(batch: int = 5000, processes: int | None = None) -> Report:
+    """Recompute every chain; name each conversation whose chain does not hold.
+
+    ``processes`` (default: one per core once the log holds ``PARALLEL_FROM``
+    conversations) walk disjoint ranges of conversations at the same time.
+    """
+    read_only()
+    if processes is None:
+        many = db.session.execute(select(func.count(Conversation.id))).scalar() >= PARALLEL_FROM
+        processes = min(os.cpu_count() or 1, 4) if many and _can_spawn() else 1
+    report = Report(broken=[])
+    if processes > 1:
+        dialect = db.engine.dialect
+        url = db.engine.url.render_as_string(hide_password=False)
+        sqls = [_sql(_scan_statement(low, high), dialect) for low, high in _ranges(processes)]
+        context = multiprocessing.get_context("spawn")  # no forked copy of this process's state
+        with ProcessPoolExecutor(len(sqls), mp_context=context) as pool:
+            parts = list(pool.map(_walk_part, [url] * len(sqls), sqls, [batch] * len(sqls)))
+    else:
+        parts = [_walk(_driver_rows(_scan_statement(), batch))]
+    for conversations, entries, broken in parts:
+        report.conversations += conversations
+        report.entries += entries
+        report.broken.extend(broken)
     orphans = _orphans()
     if orphans:
         report.entries += orphans

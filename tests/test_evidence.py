@@ -236,3 +236,55 @@ def test_a_long_export_does_not_hold_up_webhooks(history, database_url):
         for app in (reader, writer):
             with app.app_context():
                 db.engine.dispose()
+
+
+def _more_history(twilio, count: int) -> list[str]:
+    contacts = [f"+1212555{n:04d}" for n in range(count)]
+    for contact in contacts:
+        twilio.sms(contact, "Hi")
+        twilio.sms(contact, "YES")
+    return contacts
+
+
+def test_verify_split_across_processes_reports_what_one_process_does(history, twilio):
+    """A large log is walked by several spawned processes, each a range of conversations."""
+    contacts = _more_history(twilio, 6)
+    with history.app_context():
+        ranges = evidence._ranges(3)
+        alone = evidence.verify(processes=1)
+        split = evidence.verify(processes=3)
+        ids = db.session.execute(select(Conversation.id).order_by(Conversation.id)).scalars()
+        ids = list(ids)
+        target = db.session.execute(
+            select(Conversation.id).where(Conversation.contact == contacts[-1])
+        ).scalar_one()
+    # The ranges cover every conversation exactly once, and there are three.
+    assert len(ranges) == 3
+    covered = [i for i in ids for low, high in ranges if (low or 0) <= i < (high or 10**9)]
+    assert covered == ids
+    assert (split.ok, split.conversations, split.entries) == (True, 8, alone.entries)
+    assert alone.entries > 8 * 3
+    # A break in the last range is found by its process and named.
+    _tamper(
+        history,
+        update(Attestation)
+        .where(Attestation.conversation_id == target, Attestation.seq == 1)
+        .values(body="forged"),
+    )
+    with history.app_context():
+        broken = evidence.verify(processes=3)
+    assert [(b.contact, b.reason) for b in broken.broken] == [
+        (contacts[-1], "entry 1 was altered")
+    ]
+    assert broken.entries == alone.entries
+
+
+def test_verify_goes_parallel_from_the_threshold(history, twilio, monkeypatch):
+    _more_history(twilio, 2)
+    seen = []
+    monkeypatch.setattr(evidence, "PARALLEL_FROM", 3)
+    monkeypatch.setattr(evidence, "_ranges", lambda parts: seen.append(parts) or [(None, None)])
+    monkeypatch.setattr(evidence.os, "cpu_count", lambda: 2)
+    with history.app_context():
+        report = evidence.verify()
+    assert seen == [2] and report.ok and report.conversations == 4
