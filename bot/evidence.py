@@ -66,9 +66,15 @@ def _seal(prev_hash: str, line: str, contact: str, canonical: list[Any]) -> str:
     return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
 
 
+# Values that are their own canonical form (the JSON of a str, int, bool or None).
+_AS_IS = frozenset((str, int, bool, type(None)))
+
+
 def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the entry's canonical JSON."""
-    return _seal(prev_hash, line, contact, [_canonical(values.get(name)) for name in HASHED])
+    fields = [values.get(name) for name in HASHED]
+    canonical = [v if v.__class__ in _AS_IS else _canonical(v) for v in fields]
+    return _seal(prev_hash, line, contact, canonical)
 
 
 _HASHED_NAMES = frozenset(HASHED)
