@@ -184,7 +184,7 @@ class Message(Timestamps, db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ref: Mapped[str] = mapped_column(String(32), unique=True, default=new_ref)
-    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
     direction: Mapped[Direction] = mapped_column(_enum(Direction))
     # Who wrote it: the contact, the employee, or (None) the bot itself.
     author: Mapped[consent.Role | None] = mapped_column(_enum(consent.Role))
