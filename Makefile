@@ -53,6 +53,7 @@ $(VENV)/.bench: bench/requirements.txt | $(VENV)/.installed
 # BENCH_PG_ADMIN (default: the local server); queries.py counts on SQLite.
 bench: venv $(VENV)/.bench
 	$(BIN)/python -m bench.queries
+	$(BIN)/python -m bench.inproc
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scale --conversations 100000 --records 1000000
 
@@ -63,6 +64,7 @@ bench-scale: venv $(VENV)/.bench
 # The same, tiny and quick: shows the benchmarks still work (figures not asserted).
 bench-smoke: venv $(VENV)/.bench
 	$(BIN)/python -m bench.queries
+	$(BIN)/python -m bench.inproc --rounds 1 --requests 100
 	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
 	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
 
