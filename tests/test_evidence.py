@@ -273,9 +273,7 @@ def test_verify_split_across_processes_reports_what_one_process_does(history, tw
     )
     with history.app_context():
         broken = evidence.verify(processes=3)
-    assert [(b.contact, b.reason) for b in broken.broken] == [
-        (contacts[-1], "entry 1 was altered")
-    ]
+    assert [(b.contact, b.reason) for b in broken.broken] == [(contacts[-1], "entry 1 was altered")]
     assert broken.entries == alone.entries
 
 
