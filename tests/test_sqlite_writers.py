@@ -1,0 +1,102 @@
+"""SQLite's writers queue on a file lock, handed over at once; psycopg's pipeline noise.
+
+SPEC §7 asks that concurrent webhooks be serialised; on SQLite that is
+BEGIN IMMEDIATE, and ``bot.WriterQueue`` puts a lock in front of it that lets
+the next writer in as soon as the transaction ends (SQLite's busy handler
+would retry only after sleeps of up to 100 ms).
+"""
+
+import fcntl
+import logging
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from bot import AbortedPipelineNoise, WriterQueue
+from bot.extensions import db
+from support import make_app
+
+
+def _free(path: str) -> bool:
+    """Whether another writer could take the lock right now."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_waiting_writer_gets_the_lock_as_soon_as_it_is_let_go(tmp_path):
+    path = str(tmp_path / "db.writer-lock")
+    first, second = WriterQueue(path, 10), WriterQueue(path, 10)
+    a, b = object(), object()
+    first.acquire(a)
+    got = {}
+
+    def wait():
+        second.acquire(b)
+        got["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.05)
+    assert "at" not in got  # still waiting
+    released = time.monotonic()
+    first.release(a)
+    waiter.join(5)
+    assert got["at"] - released < 0.02  # not SQLite's 1-100 ms sleeps
+    assert not _free(path)
+    second.release(b)
+    assert _free(path)
+
+
+def test_a_writer_that_waited_past_the_timeout_goes_on_without_the_lock(tmp_path):
+    path = str(tmp_path / "db.writer-lock")
+    holder, late = WriterQueue(path, 10), WriterQueue(path, 0.05)
+    holder.acquire("a")
+    started = time.monotonic()
+    late.acquire("b")
+    assert 0.05 <= time.monotonic() - started < 1
+    assert late.held == {}  # BEGIN IMMEDIATE's own busy timeout answers next
+    holder.release("a")
+
+
+def test_the_app_holds_the_lock_from_begin_to_commit_or_rollback(tmp_path):
+    from support import migrate
+
+    url = f"sqlite:///{tmp_path}/app.sqlite3"
+    migrate(url)
+    app = make_app(url)
+    lock = f"{tmp_path}/app.sqlite3.writer-lock"
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE
+        assert not _free(lock)
+        db.session.commit()
+        assert _free(lock)
+        db.session.execute(text("SELECT 1"))
+        assert not _free(lock)
+        db.session.rollback()
+        assert _free(lock)
+        pages = db.session.execute(text("PRAGMA wal_autocheckpoint")).scalar()
+        assert pages == WriterQueue.SAFETY_CHECKPOINT_PAGES
+        db.session.rollback()
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("error", [psycopg.errors.PipelineAborted("pipeline aborted")])
+def test_only_the_aborted_pipeline_warning_is_dropped(error):
+    noise = AbortedPipelineNoise()
+
+    def record(msg, args):
+        return logging.LogRecord("psycopg", logging.WARNING, __file__, 1, msg, args, None)
+
+    assert not noise.filter(record("error ignored terminating %r: %s", (object(), error)))
+    assert noise.filter(record("error ignored terminating %r: %s", (object(), ValueError("x"))))
+    assert noise.filter(record("something else: %s", ("x",)))
