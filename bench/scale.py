@@ -207,8 +207,9 @@ def build_conversation(i: int, plan: Plan, rng: random.Random):
     confirm_employee = texts["consent.contact_initiated.opted_in.to_employee"]
     last_text = FIRST
 
-    def ref() -> str:
-        return f"{rng.getrandbits(96):024x}"
+    def ref(at: datetime) -> str:
+        # As bot.models.new_ref: milliseconds since 1970, then 80 random bits.
+        return f"{int(at.timestamp() * 1000):011x}{rng.getrandbits(80):020x}"
 
     def sid() -> str:
         return f"SM{rng.getrandbits(128):032x}"
@@ -224,7 +225,7 @@ def build_conversation(i: int, plan: Plan, rng: random.Random):
             body = {"in_first": FIRST, "in_yes": "YES"}.get(step) or LATER[seq % len(LATER)]
             if step == "in_text":
                 last_text = body
-            r, s = ref(), sid()
+            r, s = ref(at), sid()
             refs[step], sids[step] = r, s
             note = {"in_first": "held", "in_yes": "answered", "in_text": "relayed"}[step]
             v |= {"kind": "message", "message_ref": r, "direction": "inbound", "sender": contact,
@@ -265,7 +266,7 @@ def build_conversation(i: int, plan: Plan, rng: random.Random):
                 "out_relay_first": (f"{contact}: {FIRST}", None, "in_first"),
                 "out_relay_text": (f"{contact}: {last_text}", None, "in_text"),
             }[step]  # fmt: skip
-            r = ref()
+            r = ref(at)
             refs[step] = r
             recipient = contact if to_contact else E
             source_ref = refs.get(source) if source else None

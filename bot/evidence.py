@@ -141,6 +141,7 @@ _SIGNATURE_AT = 2 + _SIGNATURE  # within the payload
 _SEQ = _LINE + 2  # seq is the first hashed field
 
 _NO_OFFSET = timedelta(0)
+_cursor_names = itertools.count()
 
 # A log this large is verified by several processes, each walking its share of the
 # conversations (chains are independent); below it, one process is quicker.
@@ -185,7 +186,7 @@ def _cursor_rows(driver, dialect_name: str, sql: str, batch: int) -> Iterator[tu
     no ORM or type processing on millions of rows, and a tampered value (an
     unknown enum, a malformed date) is simply a value that fails its hash."""
     if dialect_name == "postgresql":
-        cursor = driver.cursor(name="consentline_stream")
+        cursor = driver.cursor(name=f"consentline_stream_{next(_cursor_names)}")
         cursor.itersize = batch
     else:
         cursor = driver.cursor()
@@ -286,12 +287,13 @@ def _ranges(parts: int) -> list[tuple[int | None, int | None]]:
     # of the conversations table, which is a tenth of the log).
     bounds, share, running = [], total / parts, 0
     stmt = select(Conversation.id, Conversation.chain_length).order_by(Conversation.id)
-    for conv_id, length in db.session.execute(stmt):
-        if running >= share * (len(bounds) + 1):
-            bounds.append(conv_id)
-            if len(bounds) == parts - 1:
-                break
-        running += length or 0
+    with contextlib.closing(_driver_rows(stmt, 5000)) as rows:  # streamed: constant memory
+        for conv_id, length in rows:
+            if running >= share * (len(bounds) + 1):
+                bounds.append(conv_id)
+                if len(bounds) == parts - 1:
+                    break
+            running += length or 0
     return list(itertools.pairwise([None, *bounds, None]))
 
 

@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -32,8 +33,14 @@ def utcnow() -> datetime:
 
 
 def new_ref() -> str:
-    """A public, unguessable id for a message (used in status-callback URLs)."""
-    return secrets.token_hex(12)
+    """A public, unguessable id for a message (used in status-callback URLs).
+
+    Eleven hex digits of milliseconds since 1970, then 80 random bits: refs made
+    later sort later, so new rows go to the end of the indexes on ``messages.ref``
+    and ``attestations.message_ref`` instead of to random pages of them, which
+    keeps a webhook's inserts cheap when the log holds millions of entries.
+    """
+    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(10)}"
 
 
 class UTCDateTime(TypeDecorator):

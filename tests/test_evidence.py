@@ -286,3 +286,14 @@ def test_verify_goes_parallel_from_the_threshold(history, twilio, monkeypatch):
     with history.app_context():
         report = evidence.verify()
     assert seen == [2] and report.ok and report.conversations == 4
+
+
+def test_message_refs_are_unguessable_and_sort_by_creation_time():
+    from bot.models import new_ref
+
+    refs = [new_ref() for _ in range(2000)]
+    assert len(set(refs)) == len(refs)
+    assert all(len(r) == 31 and int(r, 16) >= 0 for r in refs)  # fits String(32)
+    assert [r[:11] for r in refs] == sorted(r[:11] for r in refs)  # time first
+    # 80 random bits after the time: the suffixes of refs made in one millisecond differ.
+    assert len({r[11:] for r in refs}) == len(refs)
