@@ -131,9 +131,22 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
         if connection.get_execution_options().get(READ_ONLY):
             connection.exec_driver_sql("BEGIN DEFERRED")
             return
-        if queue is not None:
-            queue.acquire(connection.connection.dbapi_connection)
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if queue is None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        driver = connection.connection.dbapi_connection
+        waited = queue.acquire(driver)
+        if waited is not None and waited < 0.001:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # One deadline for both waits: BEGIN IMMEDIATE gets what is left of the
+        # busy timeout (nothing, if the queue's wait ran out).
+        left = 0.0 if waited is None else max(0.0, busy_seconds - waited)
+        driver.execute(f"PRAGMA busy_timeout={int(left * 1000)}").close()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            driver.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}").close()
 
     if queue is not None:
         # Let the next writer in once the transaction has really ended: the
@@ -166,9 +179,10 @@ class WriterQueue:
 
     An exclusive ``flock`` on a file beside the database, taken before
     BEGIN IMMEDIATE and let go when the transaction ends. Waiting polls every
-    50 µs to 1 ms (not SQLite's 1–100 ms); after the busy timeout the writer goes
-    on to BEGIN IMMEDIATE, whose own busy timeout then answers for it. A process
-    that dies lets go of its lock with its file descriptors.
+    50 µs to 1 ms (not SQLite's 1–100 ms). The busy timeout covers both waits:
+    BEGIN IMMEDIATE gets what the queue left of it, and none once it ran out
+    (the webhook then answers 503). A process that dies lets go of its lock with
+    its file descriptors.
     """
 
     # Copy the WAL into the database every this many commits of a process, once
@@ -182,23 +196,34 @@ class WriterQueue:
         self.held: dict[int, int] = {}  # id of the driver connection -> lock file descriptor
         self.commits = 0
 
-    def acquire(self, dbapi_connection) -> None:
+    def acquire(self, dbapi_connection) -> float | None:
+        """Take the lock; return the seconds waited, or None when the wait ran out.
+
+        A lock file that cannot be opened (another user's, a read-only
+        directory) leaves the queue out: SQLite's busy handler serialises alone.
+        """
         key = id(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
         if key in self.held:
-            return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        pause, deadline = 0.00005, time.monotonic() + self.timeout
+            return 0.0
+        try:
+            # Read-only is enough for flock, so a file made by another user still works.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.warning("writer queue unavailable (%s); SQLite's busy timeout applies", exc)
+            return 0.0
+        pause, started = 0.00005, time.monotonic()
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if time.monotonic() - started >= self.timeout:
                     os.close(fd)
-                    return
+                    return None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.001)
         self.held[key] = fd
+        return time.monotonic() - started
 
     def committed(self, dbapi_connection) -> None:
         self.commits += 1

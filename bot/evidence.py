@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import IO, Any
 
+from flask import current_app
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
@@ -256,9 +257,9 @@ def _walk(rows: Iterator[tuple]) -> tuple[int, int, list[Broken]]:
     return conversations, entries, broken
 
 
-def _walk_part(url: str, sql: str, batch: int) -> tuple[int, int, list[Broken]]:
+def _walk_part(url: str, connect_args: dict, sql: str, batch: int):
     """One process's share of ``verify``: its own connection, its own range of chains."""
-    engine = create_engine(url, poolclass=NullPool)
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         raw = engine.raw_connection()
         try:
@@ -297,6 +298,14 @@ def _ranges(parts: int) -> list[tuple[int | None, int | None]]:
     return list(itertools.pairwise([None, *bounds, None]))
 
 
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _can_spawn() -> bool:
     """A spawned process re-imports ``__main__``: it must be a module or a real file."""
     main = sys.modules.get("__main__")
@@ -314,15 +323,18 @@ def verify(batch: int = 5000, processes: int | None = None) -> Report:
     read_only()
     if processes is None:
         many = db.session.execute(select(func.count(Conversation.id))).scalar() >= PARALLEL_FROM
-        processes = min(os.cpu_count() or 1, 4) if many and _can_spawn() else 1
+        processes = min(_cores(), 4) if many and _can_spawn() else 1
     report = Report(broken=[])
     if processes > 1:
         dialect = db.engine.dialect
         url = db.engine.url.render_as_string(hide_password=False)
+        options = current_app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {}
+        connect_args = dict(options.get("connect_args") or {})
         sqls = [_sql(_scan_statement(low, high), dialect) for low, high in _ranges(processes)]
         context = multiprocessing.get_context("spawn")  # no forked copy of this process's state
-        with ProcessPoolExecutor(len(sqls), mp_context=context) as pool:
-            parts = list(pool.map(_walk_part, [url] * len(sqls), sqls, [batch] * len(sqls)))
+        n = len(sqls)
+        with ProcessPoolExecutor(n, mp_context=context) as pool:
+            parts = list(pool.map(_walk_part, [url] * n, [connect_args] * n, sqls, [batch] * n))
     else:
         parts = [_walk(_driver_rows(_scan_statement(), batch))]
     for conversations, entries, broken in parts:

@@ -172,12 +172,8 @@ _MESSAGE_COLUMNS = [_MESSAGES.c[name] for name in _MESSAGE_FIELDS]
 
 
 def _create(dialect):
-    """Add the conversation unless a concurrent webhook just did; return it if added."""
-    return (
-        dialect.insert(_CONVERSATIONS)
-        .on_conflict_do_nothing(index_elements=["line", "contact"])
-        .returning(*_CONV_COLUMNS)
-    )
+    """Add the conversation unless a concurrent webhook just did."""
+    return dialect.insert(_CONVERSATIONS).on_conflict_do_nothing(index_elements=["line", "contact"])
 
 
 _EMPLOYEE_COLUMNS = (
@@ -222,6 +218,11 @@ _SQL = {
     .limit(1)
     .with_for_update(),
     "create": {"postgresql": _create(postgresql), "sqlite": _create(sqlite)},
+    # ... and return it if added (SQLite has RETURNING from 3.35 on).
+    "create_returning": {
+        "postgresql": _create(postgresql).returning(*_CONV_COLUMNS),
+        "sqlite": _create(sqlite).returning(*_CONV_COLUMNS),
+    },
     "save": update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == bindparam("conv_id")),
     "answer": select(_MESSAGES.c.answer).where(
         _MESSAGES.c.twilio_sid == bindparam("sid"), _MESSAGES.c.direction == Direction.INBOUND
@@ -443,7 +444,8 @@ def record_opt_out(conversation_id: int, admin: str, method: str, note: str, now
     conn = db.session.connection()
     turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, conversation_id))
     changed = _opt_out_elsewhere(turn, method=method, admin=admin, note=note or None)
-    _save(turn)
+    if changed:
+        _save(turn)
     db.session.commit()
     return changed
 
@@ -616,8 +618,13 @@ def _lock(conn: Connection, line: str, contact: str, now: datetime) -> Conv:
             "created_at": now,
             "updated_at": now,
         }
-        row = conn.execute(_SQL["create"][conn.dialect.name], created).first()
-        if row is None:  # a concurrent webhook created it first: wait for its lock
+        dialect = conn.dialect
+        if dialect.insert_returning:
+            row = conn.execute(_SQL["create_returning"][dialect.name], created).first()
+        else:
+            conn.execute(_SQL["create"][dialect.name], created)
+            row = None
+        if row is None:  # created by a concurrent webhook (wait for its lock), or no RETURNING
             row = _run(conn, "lock", key).one()
     return Conv(*row)
 

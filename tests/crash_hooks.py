@@ -24,3 +24,7 @@ def post_worker_init(worker):
     def crash(conn):
         if conn.info.pop(wrote, False) and os.path.exists(marker):
             os._exit(1)
+
+    @event.listens_for(Engine, "rollback")
+    def forget(conn):
+        conn.info.pop(wrote, None)

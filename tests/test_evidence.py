@@ -282,7 +282,7 @@ def test_verify_goes_parallel_from_the_threshold(history, twilio, monkeypatch):
     seen = []
     monkeypatch.setattr(evidence, "PARALLEL_FROM", 3)
     monkeypatch.setattr(evidence, "_ranges", lambda parts: seen.append(parts) or [(None, None)])
-    monkeypatch.setattr(evidence.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(evidence, "_cores", lambda: 2)
     with history.app_context():
         report = evidence.verify()
     assert seen == [2] and report.ok and report.conversations == 4

@@ -100,3 +100,34 @@ def test_only_the_aborted_pipeline_warning_is_dropped(error):
     assert not noise.filter(record("error ignored terminating %r: %s", (object(), error)))
     assert noise.filter(record("error ignored terminating %r: %s", (object(), ValueError("x"))))
     assert noise.filter(record("something else: %s", ("x",)))
+
+
+def test_the_queue_and_sqlite_share_one_busy_timeout(tmp_path):
+    """Both locks held elsewhere: the webhook answers 503 after one timeout, not two."""
+    import sqlite3
+
+    from support import CONTACT, LINE, Twilio, migrate
+
+    url = f"sqlite:///{tmp_path}/app.sqlite3"
+    migrate(url)
+    app = make_app(url, DATABASE_BUSY_TIMEOUT="1")
+    other = WriterQueue(f"{tmp_path}/app.sqlite3.writer-lock", 10)
+    other.acquire("outsider")
+    blocker = sqlite3.connect(f"{tmp_path}/app.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    params = {"MessageSid": "SM" + "5" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+    try:
+        started = time.monotonic()
+        response = Twilio(app.test_client()).post("/twilio/sms", params)
+        waited = time.monotonic() - started
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        other.release("outsider")
+    assert response.status_code == 503
+    assert 1.0 <= waited < 1.8
+    with app.app_context():
+        # The next transaction waits the whole timeout again, not what was left.
+        assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 1000
+        db.session.rollback()
+        db.engine.dispose()
