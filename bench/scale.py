@@ -967,16 +967,22 @@ def print_summary(report: dict) -> None:
             f"({seed.get('records_per_s')} records/s), "
             f"{seed.get('database_bytes', 0) / 2**30:.2f} GiB"
         )
-        v, e = r.get("verify", {}), r.get("export", {})
-        print(
-            f"  audit verify: {'OK' if v.get('ok') else 'FAILED'} in {v.get('seconds')} s = "
-            f"{v.get('records_per_s')} records/s (target >= 100,000), "
-            f"peak RSS {v.get('peak_rss_mb')} MB"
-        )
-        print(
-            f"  audit export: {e.get('seconds')} s = {e.get('records_per_s')} records/s, "
-            f"peak RSS {e.get('peak_rss_mb')} MB (target < 150)"
-        )
+        v, e = r.get("verify"), r.get("export")
+        if v is None:
+            print("  audit verify: not run (--steps)")
+        else:
+            print(
+                f"  audit verify: {'OK' if v.get('ok') else 'FAILED'} in {v.get('seconds')} s = "
+                f"{v.get('records_per_s')} records/s (target >= 100,000), "
+                f"peak RSS {v.get('peak_rss_mb')} MB"
+            )
+        if e is None:
+            print("  audit export: not run (--steps)")
+        else:
+            print(
+                f"  audit export: {e.get('seconds')} s = {e.get('records_per_s')} records/s, "
+                f"peak RSS {e.get('peak_rss_mb')} MB (target < 150)"
+            )
         lat = r.get("latency", {})
         for kind in ("existing", "new"):
             if kind in lat:
