@@ -96,9 +96,6 @@ def register_extensions(app: Flask) -> None:
             configure_sqlite(db.engine, app.config["DATABASE_BUSY_TIMEOUT"])
 
 
-SQLITE_CACHE_KIB = -32768  # negative: KiB, not pages
-
-
 def configure_sqlite(engine, busy_seconds: int) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for every transaction.
 
@@ -123,9 +120,6 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
         cursor.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")
-        # 32 MB of pages per connection (SQLite's default is 2 MB): the upper levels
-        # of the large indexes a webhook walks stay in memory at millions of rows.
-        cursor.execute(f"PRAGMA cache_size={SQLITE_CACHE_KIB}")
         if queue is not None:
             # Checkpoints run after the writer lock is let go (WriterQueue.committed);
             # SQLite's own, inside COMMIT, only as a safety net for a WAL of ~40 MB.
