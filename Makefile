@@ -57,7 +57,7 @@ bench: venv $(VENV)/.bench
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scale --conversations 100000 --records 1000000
 
-# The full scale run: 1M conversations / 10M records per backend (45-60 min, ~25 GB temp).
+# The full scale run: 1M conversations / 10M records per backend (~20 min, ~25 GB temp).
 bench-scale: venv $(VENV)/.bench
 	$(BIN)/python -m bench.scale
 
