@@ -5,10 +5,11 @@ state and evidence → answer with TwiML. Every rule about consent lives in
 ``bot.consent``; this module only carries its decisions out.
 """
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -350,16 +351,33 @@ def handle_inbound(inbound: Inbound, now: datetime, status_base: str) -> str:
     the first on the conversation's lock (or, on Postgres, on the index entry).
     """
     try:
-        answer = _route(db.session.connection(), inbound, now, status_base)
-        db.session.commit()
+        with _transaction() as conn:
+            answer = _route(conn, inbound, now, status_base)
     except IntegrityError:
         db.session.rollback()
-        stored = _stored_answer(db.session.connection(), inbound.sid)
-        db.session.rollback()
+        with _transaction() as conn:
+            stored = _stored_answer(conn, inbound.sid)
         if stored is None:
             raise
         return stored
     return answer
+
+
+@contextlib.contextmanager
+def _transaction() -> Iterator[Connection]:
+    """A webhook's transaction, committed when the block ends without an error.
+
+    The caller's own, when its session has one open (``twilio reconcile`` reads
+    and then hands texts over); else a connection of its own, without the ORM
+    session's bookkeeping, which nothing on the webhook path uses.
+    """
+    session = db.session
+    if session.registry.has() and session().in_transaction():
+        yield session.connection()
+        session.commit()
+        return
+    with db.engine.begin() as conn:
+        yield conn
 
 
 STATUS_RANK = {
@@ -385,15 +403,18 @@ def handle_status(
     sid = _clean(form.get("MessageSid") or form.get("SmsSid")).strip()[:64] or None
     status = _clean(form.get("MessageStatus") or form.get("SmsStatus")).strip().lower()[:24]
     error = _clean(form.get("ErrorCode")).strip()[:16] or None
-    conn = db.session.connection()
+    if not ref and not sid:
+        return False
+    with _transaction() as conn:
+        return _apply_status(conn, ref, sid, status, error, now, signature_valid)
+
+
+def _apply_status(conn, ref, sid, status, error, now, signature_valid) -> bool:
     if ref:
         found = _run(conn, "outbound_by_ref", {"ref": ref}).first()
-    elif sid:
-        found = _run(conn, "outbound_by_sid", {"sid": sid}).first()
     else:
-        return False
+        found = _run(conn, "outbound_by_sid", {"sid": sid}).first()
     if found is None:
-        db.session.rollback()
         log.warning("status callback for an unknown message", extra={"ref": ref, "sid": sid})
         return False
     turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, found.conversation_id))
@@ -426,7 +447,6 @@ def handle_status(
         _opt_out_elsewhere(turn, method="twilio_error_21610", cause=message)
     if turn.entries:
         _save(turn)
-    db.session.commit()
     return True
 
 

@@ -492,3 +492,21 @@ def test_recording_an_opt_out_again_changes_nothing(app, twilio, employee):
         assert relay.record_opt_out(before.id, "admin@example.com", "phone", "", utcnow()) is False
     after = conversation(app)
     assert (after.updated_at, after.chain_length) == (before.updated_at, before.chain_length)
+
+
+@pytest.mark.parametrize("env_overrides", [{"DATABASE_BUSY_TIMEOUT": "1"}])
+def test_a_text_handed_over_inside_an_open_transaction_joins_it(app, employee):
+    """twilio reconcile reads through the session, then hands texts to the relay:
+    the relay must use that transaction (on SQLite a second one would wait on it)."""
+    from sqlalchemy import text
+
+    from bot import relay
+    from bot.models import utcnow
+
+    inbound = relay.Inbound(sid="SM" + "7" * 32, sender=CONTACT, to=LINE, body="Hi")
+    with app.test_request_context():
+        db.session.execute(text("SELECT 1"))  # the caller's transaction is open
+        answer = relay.handle_inbound(inbound, utcnow(), "https://example.test/twilio/status")
+        assert not db.session().in_transaction()  # committed with it
+    assert "<Message" in answer
+    assert conversation(app).state == "pending"
