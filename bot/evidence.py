@@ -50,9 +50,15 @@ HASHED = (
 EXPORT_COLUMNS = ("line", "contact", *HASHED, "prev_hash", "hash")
 
 
+_NO_OFFSET = timedelta(0)
+
+
 def _canonical(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if value.utcoffset() != _NO_OFFSET:  # a naive value is taken as local time
+            value = value.astimezone(UTC)
+        # YYYY-MM-DDTHH:MM:SS.ffffffZ (isoformat is quicker than strftime)
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"
     if isinstance(value, Enum):
         return value.value
     return value
@@ -62,9 +68,9 @@ def _canonical(value: Any) -> Any:
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _seal(prev_hash: str, line: str, contact: str, canonical: list[Any]) -> str:
-    payload = _ENCODE([line, contact, *canonical])
-    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+def _seal(prev_hash: str, payload: list[Any]) -> str:
+    """SHA-256 over the previous hash and ``[line, contact, *canonical fields]`` as JSON."""
+    return hashlib.sha256((prev_hash + _ENCODE(payload)).encode()).hexdigest()
 
 
 # Values that are their own canonical form (the JSON of a str, int, bool or None).
@@ -75,7 +81,7 @@ def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> s
     """SHA-256 over the previous hash and the entry's canonical JSON."""
     fields = [values.get(name) for name in HASHED]
     canonical = [v if v.__class__ in _AS_IS else _canonical(v) for v in fields]
-    return _seal(prev_hash, line, contact, canonical)
+    return _seal(prev_hash, [line, contact, *canonical])
 
 
 _HASHED_NAMES = frozenset(HASHED)
@@ -141,7 +147,6 @@ _SIGNATURE = HASHED.index("signature_valid")
 _SIGNATURE_AT = 2 + _SIGNATURE  # within the payload
 _SEQ = _LINE + 2  # seq is the first hashed field
 
-_NO_OFFSET = timedelta(0)
 _cursor_names = itertools.count()
 
 # A log this large is verified by several processes, each walking its share of the
@@ -199,20 +204,12 @@ def _cursor_rows(driver, dialect_name: str, sql: str, batch: int) -> Iterator[tu
         cursor.close()
 
 
-def _canonical_time(value: Any) -> str:
-    """created_at as stored (SQLite: naive UTC text; Postgres: aware) in canonical form."""
-    if isinstance(value, datetime) and value.utcoffset() == _NO_OFFSET:
-        return value.isoformat(timespec="microseconds")[:-6] + "Z"  # as _canonical, quicker
-    return _stored_time(value)
-
-
 def _walk(rows: Iterator[tuple]) -> tuple[int, int, list[Broken]]:
     """Recompute the chains of ``rows`` (``_scan_statement``'s layout): counts and breaks."""
     conversations = entries = 0
     broken: list[Broken] = []
     current = last = fault = None
     expected_seq, prev = 1, GENESIS
-    encode, sha256 = _ENCODE, hashlib.sha256
 
     def close(row) -> None:
         reason = fault
@@ -238,10 +235,10 @@ def _walk(rows: Iterator[tuple]) -> tuple[int, int, list[Broken]]:
             continue
         payload = list(row[_PAYLOAD])
         try:
-            payload[_TIME] = _canonical_time(payload[_TIME])
+            payload[_TIME] = _stored_time(payload[_TIME])
             if payload[_SIGNATURE_AT] is not None:
                 payload[_SIGNATURE_AT] = bool(payload[_SIGNATURE_AT])  # SQLite keeps 0/1
-            computed = sha256((prev + encode(payload)).encode()).hexdigest()
+            computed = _seal(prev, payload)
         except (TypeError, ValueError):
             computed = None
         if seq != expected_seq:

@@ -170,16 +170,6 @@ class Conversation(Timestamps, db.Model):
         back_populates="conversation", order_by="Message.id", lazy="raise_on_sql"
     )
 
-    @property
-    def facts(self) -> consent.Conversation:
-        return consent.Conversation(
-            self.state, self.initiator, self.last_request_at, self.twilio_opt_out
-        )
-
-    def display(self) -> str:
-        """How the contact is named to the employee: saved name, else the address."""
-        return self.contact_name or self.contact
-
 
 class Message(Timestamps, db.Model):
     """A text in or out, with its delivery status and what became of it."""

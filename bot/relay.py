@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from flask import current_app
@@ -126,8 +126,8 @@ def parse_form(
 
 # -- what the relay reads and writes ---------------------------------------------
 #
-# The webhook's hot path runs statements built once, here, on the session's
-# connection (Core, not the ORM): the conversation is read into a plain record,
+# The webhook's hot path runs statements built once, here, on one connection
+# (Core, not the ORM; see ``_transaction``): the conversation is read into a plain record,
 # the turn's texts and evidence entries are collected as plain rows, and at the
 # end each table gets one statement: an INSERT per table (one batch on Postgres),
 # one UPDATE of the conversation, one UPDATE per disposition of held texts.
@@ -137,39 +137,39 @@ _MESSAGES = Message.__table__
 _EMPLOYEES = Employee.__table__
 _ATTESTATIONS = Attestation.__table__
 
-_CONV_FIELDS = (
-    "id",
-    "line",
-    "contact",
-    "contact_name",
-    "state",
-    "initiator",
-    "last_request_at",
-    "twilio_opt_out",
-    "addressed_at",
-    "chain_head",
-    "chain_length",
-)
-_CONV_COLUMNS = [_CONVERSATIONS.c[name] for name in _CONV_FIELDS]
-_MESSAGE_FIELDS = (
-    "id",
-    "conversation_id",
-    "ref",
-    "direction",
-    "author",
-    "sender",
-    "recipient",
-    "body",
-    "relay_body",
-    "media_json",
-    "twilio_sid",
-    "status",
-    "error_code",
-    "hint",
-    "signature_valid",
-    "review",
-)
-_MESSAGE_COLUMNS = [_MESSAGES.c[name] for name in _MESSAGE_FIELDS]
+
+@dataclass(slots=True)
+class Conv:
+    """A locked conversation as the relay changes it; saved back in one UPDATE.
+
+    Its fields are the ``conversations`` columns the relay reads, in the order
+    the statements below select them.
+    """
+
+    id: int
+    line: str
+    contact: str
+    contact_name: str | None
+    state: consent.State
+    initiator: Role | None
+    last_request_at: datetime | None
+    twilio_opt_out: bool
+    addressed_at: datetime | None
+    chain_head: str
+    chain_length: int
+
+    @property
+    def facts(self) -> consent.Conversation:
+        return consent.Conversation(
+            self.state, self.initiator, self.last_request_at, bool(self.twilio_opt_out)
+        )
+
+    def display(self) -> str:
+        """How the contact is named to the employee: saved name, else the address."""
+        return self.contact_name or self.contact
+
+
+_CONV_COLUMNS = [_CONVERSATIONS.c[f.name] for f in fields(Conv)]
 
 
 def _create(dialect):
@@ -228,7 +228,7 @@ _SQL = {
     "answer": select(_MESSAGES.c.answer).where(
         _MESSAGES.c.twilio_sid == bindparam("sid"), _MESSAGES.c.direction == Direction.INBOUND
     ),
-    "held": select(*_MESSAGE_COLUMNS)
+    "held": select(_MESSAGES)
     .where(
         _MESSAGES.c.conversation_id == bindparam("conv_id"),
         _MESSAGES.c.disposition == Disposition.HELD,
@@ -236,9 +236,7 @@ _SQL = {
     )
     .order_by(_MESSAGES.c.id),
     "dispose": update(_MESSAGES).where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True))),
-    "message_by_id": select(*_MESSAGE_COLUMNS, _MESSAGES.c.disposition).where(
-        _MESSAGES.c.id == bindparam("message_id")
-    ),
+    "message_by_id": select(_MESSAGES).where(_MESSAGES.c.id == bindparam("message_id")),
     "outbound_by_ref": select(_MESSAGES.c.id, _MESSAGES.c.conversation_id).where(
         _MESSAGES.c.direction == Direction.OUTBOUND, _MESSAGES.c.ref == bindparam("ref")
     ),
@@ -250,33 +248,6 @@ _SQL = {
     "insert_messages": insert(_MESSAGES),
     "insert_entries": insert(_ATTESTATIONS),
 }
-
-
-@dataclass(slots=True)
-class Conv:
-    """A locked conversation as the relay changes it; saved back in one UPDATE."""
-
-    id: int
-    line: str
-    contact: str
-    contact_name: str | None
-    state: consent.State
-    initiator: Role | None
-    last_request_at: datetime | None
-    twilio_opt_out: bool
-    addressed_at: datetime | None
-    chain_head: str
-    chain_length: int
-
-    @property
-    def facts(self) -> consent.Conversation:
-        return consent.Conversation(
-            self.state, self.initiator, self.last_request_at, bool(self.twilio_opt_out)
-        )
-
-    def display(self) -> str:
-        """How the contact is named to the employee: saved name, else the address."""
-        return self.contact_name or self.contact
 
 
 @dataclass
@@ -354,7 +325,6 @@ def handle_inbound(inbound: Inbound, now: datetime, status_base: str) -> str:
         with _transaction() as conn:
             answer = _route(conn, inbound, now, status_base)
     except IntegrityError:
-        db.session.rollback()
         with _transaction() as conn:
             stored = _stored_answer(conn, inbound.sid)
         if stored is None:
@@ -365,15 +335,19 @@ def handle_inbound(inbound: Inbound, now: datetime, status_base: str) -> str:
 
 @contextlib.contextmanager
 def _transaction() -> Iterator[Connection]:
-    """A webhook's transaction, committed when the block ends without an error.
+    """The relay's transaction, committed when the block ends, rolled back on an error.
 
-    The caller's own, when its session has one open (``twilio reconcile`` reads
-    and then hands texts over); else a connection of its own, without the ORM
-    session's bookkeeping, which nothing on the webhook path uses.
+    The caller's own when its session has one open (the portal, or
+    ``twilio reconcile`` reading and then handing texts over); else a connection
+    of its own, without the ORM session's bookkeeping, which the relay does not use.
     """
     session = db.session
     if session.registry.has() and session().in_transaction():
-        yield session.connection()
+        try:
+            yield session.connection()
+        except BaseException:
+            session.rollback()
+            raise
         session.commit()
         return
     with db.engine.begin() as conn:
@@ -461,12 +435,11 @@ def _opt_out_elsewhere(turn: _Turn, method: str, **details) -> bool:
 
 def record_opt_out(conversation_id: int, admin: str, method: str, note: str, now: datetime) -> bool:
     """An admin records an opt-out received another way; it takes effect at once."""
-    conn = db.session.connection()
-    turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, conversation_id))
-    changed = _opt_out_elsewhere(turn, method=method, admin=admin, note=note or None)
-    if changed:
-        _save(turn)
-    db.session.commit()
+    with _transaction() as conn:
+        turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, conversation_id))
+        changed = _opt_out_elsewhere(turn, method=method, admin=admin, note=note or None)
+        if changed:
+            _save(turn)
     return changed
 
 
@@ -474,15 +447,17 @@ def review_hint(
     message_id: int, admin: str, opted_out: bool, reason: str, method: str, now: datetime
 ) -> bool:
     """Close a revocation hint: record the opt-out it asked for, or dismiss it with a reason."""
-    conn = db.session.connection()
+    with _transaction() as conn:
+        return _review_hint(conn, message_id, admin, opted_out, reason, method, now)
+
+
+def _review_hint(conn, message_id, admin, opted_out, reason, method, now) -> bool:
     found = _run(conn, "message_by_id", {"message_id": message_id}).first()
     if found is None or not found.hint:
-        db.session.rollback()
         return False
     turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, found.conversation_id))
     message = _run(conn, "message_by_id", {"message_id": message_id}).one()._asdict()
     if message["review"] is not None:
-        db.session.rollback()
         return False
     review = "opted_out" if opted_out else "dismissed"
     _run(conn, "update_message", {"message_id": message_id, "review": review, "updated_at": now})
@@ -499,7 +474,6 @@ def review_hint(
     if opted_out:
         _opt_out_elsewhere(turn, method=method, cause=message, admin=admin, note=reason or None)
     _save(turn)
-    db.session.commit()
     return True
 
 

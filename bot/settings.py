@@ -7,7 +7,7 @@ read afresh for every message, so a change applies from the next one on.
 from dataclasses import dataclass
 
 from flask import current_app
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import delete, select
 
 from bot import texts
 from bot.consent import Mode
@@ -33,12 +33,9 @@ class Settings:
         return self.texts[key]
 
 
-SAVED = select(Setting.__table__.c.key, Setting.__table__.c.value)
-
-
-def current(conn: Connection | None = None) -> Settings:
+def current() -> Settings:
     """The settings in force now: saved values over the environment's defaults."""
-    return from_saved(dict((conn or db.session.connection()).execute(SAVED).all()))
+    return from_saved(dict(db.session.execute(select(Setting.key, Setting.value)).all()))
 
 
 def from_saved(saved: dict[str, str]) -> Settings:

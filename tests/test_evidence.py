@@ -297,3 +297,22 @@ def test_message_refs_are_unguessable_and_sort_by_creation_time():
     assert [r[:11] for r in refs] == sorted(r[:11] for r in refs)  # time first
     # 80 random bits after the time: the suffixes of refs made in one millisecond differ.
     assert len({r[11:] for r in refs}) == len(refs)
+
+
+def test_times_hash_in_the_form_existing_chains_were_sealed_with():
+    """YYYY-MM-DDTHH:MM:SS.ffffffZ in UTC, whatever zone or precision the value has."""
+    from datetime import UTC, datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from bot.evidence import _canonical
+
+    moments = [
+        datetime(2026, 12, 1, 7, 27, 44, 0, UTC),
+        datetime(2026, 12, 1, 7, 27, 44, 123456, UTC),
+        datetime(2026, 6, 1, 9, 0, 0, 5, ZoneInfo("Etc/UTC")),
+        datetime(2026, 6, 1, 9, 0, 0, 5, timezone(timedelta(hours=-7))),
+        datetime(2026, 6, 1, 23, 59, 59, 999999, ZoneInfo("Europe/Paris")),
+    ]
+    for moment in moments:
+        assert _canonical(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _canonical(moments[3]) == "2026-06-01T16:00:00.000005Z"
