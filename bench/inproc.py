@@ -26,19 +26,21 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    LINES,
     PUBLIC_BASE,
     SMS_PATH,
     TOKEN,
     app_env,
+    cpu_seconds,
     create_pg_db,
     drop_pg_db,
+    migrate,
     postgres_pids,
+    seed_employees,
 )
 from bench.load import workload
 
 
-def _environ(signed, wsgi_input_cls) -> dict:
+def _environ(signed) -> dict:
     body = signed.body
     environ = {
         "REQUEST_METHOD": "POST",
@@ -50,7 +52,7 @@ def _environ(signed, wsgi_input_cls) -> dict:
         "SERVER_PROTOCOL": "HTTP/1.1",
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "http",
-        "wsgi.input": wsgi_input_cls(body),
+        "wsgi.input": io.BytesIO(body),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": False,
         "wsgi.multiprocess": True,
@@ -84,21 +86,12 @@ def _call(app, environ) -> int:
 
 
 def _app_for(database_url: str):
-    """The real app (bot.create_app) on a migrated database with the bench's lines."""
-    from flask_migrate import upgrade
+    """The real app (bot.create_app) on a database migrated and seeded as bench.run does."""
+    from bot import create_app
 
-    from bot import create_app, employees
-    from bot.extensions import db
-
-    env = app_env(database_url)
-    app = create_app(env=env)
-    with app.app_context():
-        upgrade()
-        for line in LINES:
-            employees.add(line.name, line.cell, line.line, None, "US")
-        db.session.commit()
-        db.session.remove()
-    return app
+    migrate(database_url)
+    seed_employees(database_url)
+    return create_app(env=app_env(database_url))
 
 
 def _bare():
@@ -119,7 +112,7 @@ def _round(app, requests: int, contact_base: int, time_cap: float, profile=None)
             order.append(steps.pop(0))
         live = [s for s in live if s]
     order = order[:requests]
-    environs = [_environ(s, io.BytesIO) for s in order]
+    environs = [_environ(s) for s in order]
     bad = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if profile:
@@ -135,15 +128,7 @@ def _round(app, requests: int, contact_base: int, time_cap: float, profile=None)
 
 
 def _pg_cpu(database: str) -> float:
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in postgres_pids(database):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError):
-            pass
-    return total
+    return cpu_seconds(postgres_pids(database))
 
 
 def main(argv: list[str] | None = None) -> None:
