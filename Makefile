@@ -48,16 +48,18 @@ $(VENV)/.bench: bench/requirements.txt | $(VENV)/.installed
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	touch $@
 
-# Benchmarks (bench/README.md): load vs the bare endpoint, scale, query counts.
-# run.py and scale.py create and drop their Postgres databases through
-# BENCH_PG_ADMIN (default: the local server); queries.py counts on SQLite.
+# Benchmarks (bench/README.md): query counts, CPU per webhook, load vs the bare
+# endpoint, and scale at 1M conversations / 10M records per backend: about 25 min
+# in all and ~25 GB of temporary disk. run.py, inproc.py and scale.py create and
+# drop their Postgres databases through BENCH_PG_ADMIN (default: the local
+# server); queries.py counts on SQLite.
 bench: venv $(VENV)/.bench
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc
 	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.scale --conversations 100000 --records 1000000
+	$(BIN)/python -m bench.scale
 
-# The full scale run: 1M conversations / 10M records per backend (~20 min, ~25 GB temp).
+# The scale run alone (1M / 10M, both backends, ~20 min).
 bench-scale: venv $(VENV)/.bench
 	$(BIN)/python -m bench.scale
 
