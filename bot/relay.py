@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import Connection, Row, bindparam, insert, null, select, union_all, update
+from sqlalchemy import Connection, bindparam, insert, null, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from bot import consent, evidence, keywords, phones, texts, twiml
+from bot import consent, evidence, keywords, phones, statements, texts, twiml
 from bot import settings as org_settings
 from bot.consent import Channel, Role
 from bot.extensions import db
@@ -186,7 +186,7 @@ _EMPLOYEE_COLUMNS = (
 )
 _SETTINGS = Setting.__table__
 
-_SQL = {
+_CORE = {
     # The line's active employee and the organisation's saved settings, in one read:
     # a row (employee, NULL, NULL) if the line is active, a row (NULLs, key, value)
     # per saved setting.
@@ -235,7 +235,6 @@ _SQL = {
         _MESSAGES.c.direction == Direction.INBOUND,
     )
     .order_by(_MESSAGES.c.id),
-    "dispose": update(_MESSAGES).where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True))),
     "message_by_id": select(_MESSAGES).where(_MESSAGES.c.id == bindparam("message_id")),
     "outbound_by_ref": select(_MESSAGES.c.id, _MESSAGES.c.conversation_id).where(
         _MESSAGES.c.direction == Direction.OUTBOUND, _MESSAGES.c.ref == bindparam("ref")
@@ -248,6 +247,14 @@ _SQL = {
     "insert_messages": insert(_MESSAGES),
     "insert_entries": insert(_ATTESTATIONS),
 }
+# Each compiled once per dialect and run on the driver's cursor (``bot.statements``);
+# the per-dialect ones are keyed by dialect name.
+_SQL = {
+    name: {dialect: statements.Statement(s) for dialect, s in core.items()}
+    if isinstance(core, dict)
+    else statements.Statement(core)
+    for name, core in _CORE.items()
+}
 
 
 @dataclass
@@ -258,7 +265,7 @@ class _Turn:
     inbound: Inbound | None
     now: datetime
     settings: org_settings.Settings | None
-    employee: Row | None
+    employee: tuple | None
     conv: Conv
     message: dict | None = None
     outgoing: list[dict] = field(default_factory=list)
@@ -279,8 +286,22 @@ class _Turn:
         self.entries.append(evidence.entry(self.conv, created_at=self.now, **fields))
 
 
-def _run(conn: Connection, name: str, params: dict | list[dict]):
-    return conn.execute(_SQL[name], params)
+def _fetch(conn: Connection, name: str, values: dict) -> list:
+    return statements.fetch(conn, _SQL[name], values)
+
+
+def _first(conn: Connection, name: str, values: dict):
+    rows = _fetch(conn, name, values)
+    return rows[0] if rows else None
+
+
+def _one(conn: Connection, name: str, values: dict):
+    [row] = _fetch(conn, name, values)
+    return row
+
+
+def _write(conn: Connection, name: str, values: dict | list[dict]) -> None:
+    statements.execute(conn, _SQL[name], values)
 
 
 def _save(turn: _Turn) -> None:
@@ -288,12 +309,13 @@ def _save(turn: _Turn) -> None:
     conn, conv, now = turn.conn, turn.conv, turn.now
     if turn.messages:
         # First, so that a repeated MessageSid fails here, before anything else.
-        _run(conn, "insert_messages", turn.messages)
+        _write(conn, "insert_messages", turn.messages)
     if turn.entries:
-        _run(conn, "insert_entries", turn.entries)
+        _write(conn, "insert_entries", turn.entries)
     for disposition, ids in turn.disposed.items():
-        _run(conn, "dispose", {"ids": ids, "disposition": disposition, "updated_at": now})
-    _run(
+        rows = [{"disposition": disposition, "updated_at": now, "message_id": i} for i in ids]
+        _write(conn, "update_message", rows)
+    _write(
         conn,
         "save",
         {
@@ -385,17 +407,17 @@ def handle_status(
 
 def _apply_status(conn, ref, sid, status, error, now, signature_valid) -> bool:
     if ref:
-        found = _run(conn, "outbound_by_ref", {"ref": ref}).first()
+        found = _first(conn, "outbound_by_ref", {"ref": ref})
     else:
-        found = _run(conn, "outbound_by_sid", {"sid": sid}).first()
+        found = _first(conn, "outbound_by_sid", {"sid": sid})
     if found is None:
         log.warning("status callback for an unknown message", extra={"ref": ref, "sid": sid})
         return False
     turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, found.conversation_id))
-    message = _run(conn, "message_by_id", {"message_id": found.id}).one()._asdict()
+    message = _one(conn, "message_by_id", {"message_id": found.id})._asdict()
     changes = {}
     if sid and message["twilio_sid"] is None:
-        if _run(conn, "sid_taken", {"sid": sid}).first() is None:
+        if _first(conn, "sid_taken", {"sid": sid}) is None:
             changes["twilio_sid"] = sid
         else:
             log.warning("status callback names a SID another message has", extra={"sid": sid})
@@ -415,7 +437,7 @@ def _apply_status(conn, ref, sid, status, error, now, signature_valid) -> bool:
             signature_valid=signature_valid,
         )
     if changes:
-        _run(conn, "update_message", {"message_id": found.id, "updated_at": now, **changes})
+        _write(conn, "update_message", {"updated_at": now, **changes, "message_id": found.id})
         message.update(changes)
     if changed and error == CARRIER_OPT_OUT and message["recipient"] == turn.conv.contact:
         _opt_out_elsewhere(turn, method="twilio_error_21610", cause=message)
@@ -452,15 +474,15 @@ def review_hint(
 
 
 def _review_hint(conn, message_id, admin, opted_out, reason, method, now) -> bool:
-    found = _run(conn, "message_by_id", {"message_id": message_id}).first()
+    found = _first(conn, "message_by_id", {"message_id": message_id})
     if found is None or not found.hint:
         return False
     turn = _Turn(conn, None, now, None, None, _lock_by_id(conn, found.conversation_id))
-    message = _run(conn, "message_by_id", {"message_id": message_id}).one()._asdict()
+    message = _one(conn, "message_by_id", {"message_id": message_id})._asdict()
     if message["review"] is not None:
         return False
     review = "opted_out" if opted_out else "dismissed"
-    _run(conn, "update_message", {"message_id": message_id, "review": review, "updated_at": now})
+    _write(conn, "update_message", {"review": review, "updated_at": now, "message_id": message_id})
     turn.record(
         kind=RecordKind.REVIEW,
         message_ref=message["ref"],
@@ -481,13 +503,14 @@ def _review_hint(conn, message_id, admin, opted_out, reason, method, now) -> boo
 
 
 def _stored_answer(conn: Connection, sid: str) -> str | None:
-    return _run(conn, "answer", {"sid": sid}).scalar_one_or_none()
+    row = _first(conn, "answer", {"sid": sid})
+    return None if row is None else row.answer
 
 
-def _line(conn: Connection, line: str) -> tuple[Row | None, org_settings.Settings]:
+def _line(conn: Connection, line: str) -> tuple[tuple | None, org_settings.Settings]:
     """The active employee of ``line`` (if any) and the settings in force."""
     employee, saved = None, {}
-    for row in _run(conn, "line", {"line": line}):
+    for row in _fetch(conn, "line", {"line": line}):
         if row.key is None:
             employee = row
         else:
@@ -516,7 +539,7 @@ def _unrouted(conn: Connection, inbound: Inbound, settings, now: datetime) -> st
     return twiml.EMPTY
 
 
-def _from_contact(conn, inbound: Inbound, employee: Row, settings, now, status_base: str) -> str:
+def _from_contact(conn, inbound: Inbound, employee: tuple, settings, now, status_base: str) -> str:
     conv = _lock(conn, employee.line, inbound.sender, now)
     turn = _Turn(conn, inbound, now, settings, employee, conv)
     policy = _policy(turn)
@@ -528,11 +551,11 @@ def _from_contact(conn, inbound: Inbound, employee: Row, settings, now, status_b
     return _answer(turn, status_base)
 
 
-def _from_employee(conn, inbound: Inbound, employee: Row, settings, now, status_base: str) -> str:
+def _from_employee(conn, inbound: Inbound, employee: tuple, settings, now, status_base: str) -> str:
     if conn.dialect.name == "postgresql":
         # One employee text at a time: who "the current contact" is must not race.
         # (SQLite's BEGIN IMMEDIATE has locked the whole database already.)
-        _run(conn, "lock_employee", {"employee_id": employee.id}).first()
+        _fetch(conn, "lock_employee", {"employee_id": employee.id})
     region = current_app.config["DEFAULT_REGION"]
     if inbound.body.strip().lower() == "#help":
         return _control(conn, inbound, employee, settings, now, status_base, texts.USAGE)
@@ -545,7 +568,7 @@ def _from_employee(conn, inbound: Inbound, employee: Row, settings, now, status_
         return _control(conn, inbound, employee, settings, now, status_base, reply)
     if addressed.address is None:
         where = {"line": employee.line, "cell": employee.cell}
-        row = _run(conn, "current_contact", where).first()
+        row = _first(conn, "current_contact", where)
         if row is None:
             return _control(conn, inbound, employee, settings, now, status_base, texts.USAGE)
         conv = Conv(*row)
@@ -601,7 +624,7 @@ def _lock(conn: Connection, line: str, contact: str, now: datetime) -> Conv:
     BEGIN IMMEDIATE (see ``configure_sqlite``).
     """
     key = {"line": line, "contact": contact}
-    row = _run(conn, "lock", key).first()
+    row = _first(conn, "lock", key)
     if row is None:
         created = {
             **key,
@@ -614,17 +637,18 @@ def _lock(conn: Connection, line: str, contact: str, now: datetime) -> Conv:
         }
         dialect = conn.dialect
         if dialect.insert_returning:
-            row = conn.execute(_SQL["create_returning"][dialect.name], created).first()
+            rows = statements.fetch(conn, _SQL["create_returning"][dialect.name], created)
+            row = rows[0] if rows else None
         else:
-            conn.execute(_SQL["create"][dialect.name], created)
+            statements.execute(conn, _SQL["create"][dialect.name], created)
             row = None
         if row is None:  # created by a concurrent webhook (wait for its lock), or no RETURNING
-            row = _run(conn, "lock", key).one()
+            row = _one(conn, "lock", key)
     return Conv(*row)
 
 
 def _lock_by_id(conn: Connection, conversation_id: int) -> Conv:
-    return Conv(*_run(conn, "lock_by_id", {"conv_id": conversation_id}).one())
+    return Conv(*_one(conn, "lock_by_id", {"conv_id": conversation_id}))
 
 
 # -- carrying a decision out ---------------------------------------------------
@@ -771,7 +795,7 @@ def _shown(event: consent.Event, shown: dict[str, str]) -> str | None:
 
 def _held(turn: _Turn) -> list[dict]:
     """The conversation's held texts, oldest first (this turn's own text is not written yet)."""
-    return [row._asdict() for row in _run(turn.conn, "held", {"conv_id": turn.conv.id})]
+    return [row._asdict() for row in _fetch(turn.conn, "held", {"conv_id": turn.conv.id})]
 
 
 def _dispose(turn: _Turn, held: dict, disposition: Disposition) -> None:
