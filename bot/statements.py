@@ -18,11 +18,12 @@ What SQLAlchemy would do on the way is kept:
   connection is invalidated rather than handed back to the pool.
 """
 
+import contextlib
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, insert
 from sqlalchemy.sql import ClauseElement
 
 
@@ -103,6 +104,23 @@ class Statement:
             found = self._compiled[cache_key] = _Compiled(self.statement, dialect, keys)
         return found
 
+    def rows_insert(self, dialect, keys: tuple[str, ...], count: int) -> _Compiled:
+        """This INSERT as one statement of ``count`` rows: VALUES (…), (…), …"""
+        cache_key = (type(dialect), dialect.paramstyle, dialect.server_version_info, keys, count)
+        found = self._compiled.get(cache_key)
+        if found is None:
+            table = self.statement.table
+            rows = [
+                {key: bindparam(f"{key}_{n}", type_=table.c[key].type) for key in keys}
+                for n in range(count)
+            ]
+            found = self._compiled[cache_key] = _Compiled(insert(table).values(rows), dialect, None)
+        return found
+
+
+# Rows per multi-row INSERT on Postgres: bounds how many forms get compiled.
+ROWS_PER_INSERT = 16
+
 
 def fetch(conn: Connection, statement: Statement, values: dict[str, Any]) -> list:
     """Run a statement that returns rows (a SELECT, an INSERT … RETURNING); its rows."""
@@ -114,13 +132,23 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
     """Run a statement that returns nothing, once, or once per row of a list.
 
     The rows of a list all name the same columns; they go to the driver in one
-    ``executemany`` (one statement for the listeners, one round trip on Postgres).
+    ``executemany``, or on Postgres, for an INSERT, as one multi-row INSERT.
     """
     if isinstance(values, dict):
         compiled = statement.compiled(conn.dialect, tuple(values))
         _run(conn, compiled, compiled.parameters(values), many=False)
         return
-    compiled = statement.compiled(conn.dialect, tuple(values[0]))
+    keys = tuple(values[0])
+    if conn.dialect.name == "postgresql" and statement.statement.is_insert:
+        # psycopg runs an executemany as one query per row; one multi-row INSERT
+        # is one query (each of at most ROWS_PER_INSERT rows).
+        for start in range(0, len(values), ROWS_PER_INSERT):
+            chunk = values[start : start + ROWS_PER_INSERT]
+            compiled = statement.rows_insert(conn.dialect, keys, len(chunk))
+            flat = {f"{key}_{n}": row[key] for n, row in enumerate(chunk) for key in keys}
+            _run(conn, compiled, compiled.parameters(flat), many=False)
+        return
+    compiled = statement.compiled(conn.dialect, keys)
     params = [compiled.parameters(row) for row in values]
     if len(params) == 1:
         _run(conn, compiled, params[0], many=False)
@@ -146,3 +174,26 @@ def _run(conn: Connection, compiled: _Compiled, params, many: bool) -> list[tupl
         raise  # not reached: the line above always raises
     finally:
         cursor.close()
+
+
+@contextlib.contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """On Postgres, send the block's statements without waiting for each answer.
+
+    psycopg's pipeline mode: statements whose rows are not read (the turn's
+    INSERTs and UPDATEs) go out together and are answered in one round trip at
+    the end of the block; reading rows (``fetch``) waits only for what was sent
+    before. The transaction's BEGIN travels with the first statement. An error
+    of any statement is raised by the end of the block at the latest, wrapped
+    as ``Connection.execute`` would wrap it, and the transaction rolls back.
+    Elsewhere (SQLite, whose statements are calls in this process) it does nothing.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    try:
+        with conn.connection.driver_connection.pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, None, None, None, None)
+        raise  # not reached: the line above always raises

@@ -1,0 +1,83 @@
+"""bot.statements: statements run on the driver's cursor keep SQLAlchemy's semantics."""
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import psycopg
+from sqlalchemy.exc import IntegrityError
+
+from bot import evidence, statements
+from bot.extensions import db
+from bot.models import Attestation, Conversation, Direction, Message
+from support import CELL, CONTACT
+
+DIALECTS = [sqlite.dialect(), psycopg.dialect()]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_a_column_default_left_to_sqlalchemy_is_refused(dialect):
+    """Nothing here would fill in ``created_at=utcnow()``: the caller must give every value."""
+    statement = statements.Statement(insert(Message.__table__))
+    with pytest.raises(ValueError, match="needs values"):
+        statement.compiled(dialect, ("ref", "conversation_id", "direction", "body"))
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_a_statement_without_returning_does_not_fetch_the_new_key(dialect):
+    """Compiled as for executemany: no implicit RETURNING id on Postgres."""
+    keys = tuple(c.key for c in Attestation.__table__.columns if c.key != "id")
+    compiled = statements.Statement(insert(Attestation.__table__)).compiled(dialect, keys)
+    assert "RETURNING" not in compiled.sql.upper()
+    assert compiled.row is None
+
+
+def test_values_and_rows_go_through_the_column_types(app, twilio, employee):
+    """Enums, booleans and UTC datetimes come back as SQLAlchemy would return them."""
+    twilio.sms(CONTACT, "Hi")
+    lock = statements.Statement(
+        select(Conversation.__table__).where(Conversation.__table__.c.contact == CONTACT)
+    )
+    with app.app_context(), db.engine.connect() as conn:
+        [row] = statements.fetch(conn, lock, {})
+        orm = db.session.execute(select(Conversation)).scalar_one()
+    assert row.state == orm.state and type(row.state) is type(orm.state)
+    assert row.twilio_opt_out is False
+    assert row.created_at == orm.created_at and row.created_at.tzinfo is not None
+
+
+def test_a_duplicate_row_raises_sqlalchemys_integrity_error(app, twilio, employee):
+    twilio.sms(CONTACT, "Hi", sid="SM" + "1" * 32)
+    table = Message.__table__
+    count = select(func.count()).select_from(table)
+    with app.app_context(), db.engine.connect() as conn:
+        before = conn.execute(count).scalar()
+        row = dict(conn.execute(select(table).limit(1)).one()._mapping)
+        row.pop("id")
+        rows = [row | {"ref": "another-ref"}, row | {"ref": "a-third-ref", "twilio_sid": None}]
+        with pytest.raises(IntegrityError), statements.pipelined(conn):
+            statements.execute(conn, statements.Statement(insert(table)), rows)
+        conn.rollback()
+        # Nothing of the failed statement stays; the connection is usable again.
+        assert conn.execute(count).scalar() == before
+
+
+def test_more_texts_than_one_insert_takes_are_all_kept_in_order(app, twilio, employee):
+    """YES releasing 20 held texts: on Postgres that is more rows than one INSERT carries."""
+    many = statements.ROWS_PER_INSERT + 4
+    assert twilio.sms(CONTACT, "Hello 0")  # the consent request
+    for n in range(1, many):
+        assert twilio.sms(CONTACT, f"Hello {n}") == []
+    sent = twilio.sms(CONTACT, "YES")
+    relays = [s.body for s in sent if s.to == CELL][1:]  # after the opted-in notice
+    assert relays == [f"{CONTACT}: Hello {n}" for n in range(many)]
+    with app.app_context():
+        table = Message.__table__
+        outbound = db.session.execute(
+            select(table.c.body)
+            .where(table.c.direction == Direction.OUTBOUND, table.c.body.like("%Hello%"))
+            .order_by(table.c.id)
+        ).scalars()
+        assert list(outbound) == relays
+        report = evidence.verify()
+    # Each held text: received, released, relayed; plus the consent request and events.
+    assert report.ok and report.entries > 3 * many
