@@ -372,7 +372,7 @@ def _transaction() -> Iterator[Connection]:
             raise
         session.commit()
         return
-    with db.engine.begin() as conn, statements.pipelined(conn):
+    with db.engine.begin() as conn:
         yield conn
 
 

@@ -18,9 +18,8 @@ What SQLAlchemy would do on the way is kept:
   connection is invalidated rather than handed back to the pool.
 """
 
-import contextlib
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert
@@ -174,26 +173,3 @@ def _run(conn: Connection, compiled: _Compiled, params, many: bool) -> list[tupl
         raise  # not reached: the line above always raises
     finally:
         cursor.close()
-
-
-@contextlib.contextmanager
-def pipelined(conn: Connection) -> Iterator[None]:
-    """On Postgres, send the block's statements without waiting for each answer.
-
-    psycopg's pipeline mode: statements whose rows are not read (the turn's
-    INSERTs and UPDATEs) go out together and are answered in one round trip at
-    the end of the block; reading rows (``fetch``) waits only for what was sent
-    before. The transaction's BEGIN travels with the first statement. An error
-    of any statement is raised by the end of the block at the latest, wrapped
-    as ``Connection.execute`` would wrap it, and the transaction rolls back.
-    Elsewhere (SQLite, whose statements are calls in this process) it does nothing.
-    """
-    if conn.dialect.name != "postgresql":
-        yield
-        return
-    try:
-        with conn.connection.driver_connection.pipeline():
-            yield
-    except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, None, None, None, None)
-        raise  # not reached: the line above always raises

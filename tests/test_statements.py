@@ -54,7 +54,7 @@ def test_a_duplicate_row_raises_sqlalchemys_integrity_error(app, twilio, employe
         row = dict(conn.execute(select(table).limit(1)).one()._mapping)
         row.pop("id")
         rows = [row | {"ref": "another-ref"}, row | {"ref": "a-third-ref", "twilio_sid": None}]
-        with pytest.raises(IntegrityError), statements.pipelined(conn):
+        with pytest.raises(IntegrityError):
             statements.execute(conn, statements.Statement(insert(table)), rows)
         conn.rollback()
         # Nothing of the failed statement stays; the connection is usable again.
