@@ -13,6 +13,7 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bot import config as settings_loader
+from bot import statements
 from bot.extensions import READ_ONLY, csrf, db, migrate
 
 log = logging.getLogger(__name__)
@@ -132,19 +133,19 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
             connection.exec_driver_sql("BEGIN DEFERRED")
             return
         if queue is None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            statements.command(connection, "BEGIN IMMEDIATE")
             return
         driver = connection.connection.dbapi_connection
         waited = queue.acquire(driver)
         if waited is not None and waited < 0.001:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            statements.command(connection, "BEGIN IMMEDIATE")
             return
         # One deadline for both waits: BEGIN IMMEDIATE gets what is left of the
         # busy timeout (nothing, if the queue's wait ran out).
         left = 0.0 if waited is None else max(0.0, busy_seconds - waited)
         driver.execute(f"PRAGMA busy_timeout={int(left * 1000)}").close()
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            statements.command(connection, "BEGIN IMMEDIATE")
         finally:
             driver.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}").close()
 

@@ -20,6 +20,7 @@ What SQLAlchemy would do on the way is kept:
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert
@@ -48,6 +49,8 @@ class _Compiled:
         for name in names:
             param = compiled.binds[name]
             proc = param.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None and _is_datetime(param.type):
+                proc = _remembering(proc)
             if param.callable is not None:
                 raise ValueError(f"{self.sql!r}: {name} is computed while executing")
             if param.required:
@@ -81,6 +84,29 @@ class _Compiled:
             make(v if proc is None else proc(v) for v, proc in zip(row, results, strict=True))
             for row in fetched
         ]
+
+
+def _is_datetime(type_) -> bool:
+    try:
+        return issubclass(type_.python_type, datetime)
+    except NotImplementedError:
+        return False
+
+
+def _remembering(proc: Callable) -> Callable:
+    """A datetime's bind processor that keeps its last answer: a turn stamps each row it
+    writes with the same ``now``, which SQLite's processor would format again for each."""
+    last: tuple[Any, Any] = (object(), None)
+
+    def process(value):
+        nonlocal last
+        seen, result = last
+        if value is not seen:
+            result = proc(value)
+            last = (value, result)
+        return result
+
+    return process
 
 
 class Statement:
@@ -124,7 +150,8 @@ ROWS_PER_INSERT = 16
 def fetch(conn: Connection, statement: Statement, values: dict[str, Any]) -> list:
     """Run a statement that returns rows (a SELECT, an INSERT … RETURNING); its rows."""
     compiled = statement.compiled(conn.dialect, tuple(values))
-    return compiled.rows(_run(conn, compiled, compiled.parameters(values), many=False))
+    rows = _run(conn, compiled.sql, compiled.parameters(values), rows=compiled.row is not None)
+    return compiled.rows(rows)
 
 
 def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -> None:
@@ -135,7 +162,7 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
     """
     if isinstance(values, dict):
         compiled = statement.compiled(conn.dialect, tuple(values))
-        _run(conn, compiled, compiled.parameters(values), many=False)
+        _run(conn, compiled.sql, compiled.parameters(values))
         return
     keys = tuple(values[0])
     if conn.dialect.name == "postgresql" and statement.statement.is_insert:
@@ -145,31 +172,36 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
             chunk = values[start : start + ROWS_PER_INSERT]
             compiled = statement.rows_insert(conn.dialect, keys, len(chunk))
             flat = {f"{key}_{n}": row[key] for n, row in enumerate(chunk) for key in keys}
-            _run(conn, compiled, compiled.parameters(flat), many=False)
+            _run(conn, compiled.sql, compiled.parameters(flat))
         return
     compiled = statement.compiled(conn.dialect, keys)
     params = [compiled.parameters(row) for row in values]
     if len(params) == 1:
-        _run(conn, compiled, params[0], many=False)
+        _run(conn, compiled.sql, params[0])
     else:
-        _run(conn, compiled, params, many=True)
+        _run(conn, compiled.sql, params, many=True)
 
 
-def _run(conn: Connection, compiled: _Compiled, params, many: bool) -> list[tuple]:
+def command(conn: Connection, sql: str) -> None:
+    """A fixed command without parameters (SQLite's BEGIN IMMEDIATE), run the same way."""
+    _run(conn, sql, ())
+
+
+def _run(conn: Connection, sql: str, params, many: bool = False, rows: bool = False) -> list:
     cursor = conn.connection.driver_connection.cursor()
     try:
         if conn.dispatch.before_cursor_execute:
             for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, compiled.sql, params, None, many)
+                listener(conn, cursor, sql, params, None, many)
         if many:
-            cursor.executemany(compiled.sql, params)
+            cursor.executemany(sql, params)
             return []
-        cursor.execute(compiled.sql, params)
-        return cursor.fetchall() if compiled.row is not None else []
+        cursor.execute(sql, params)
+        return cursor.fetchall() if rows else []
     except conn.dialect.loaded_dbapi.Error as exc:
         # Wraps the error in sqlalchemy.exc and invalidates a lost connection, as
         # Connection.execute does; the caller's transaction then rolls back.
-        conn._handle_dbapi_exception(exc, compiled.sql, params, cursor, None)
+        conn._handle_dbapi_exception(exc, sql, params, cursor, None)
         raise  # not reached: the line above always raises
     finally:
         cursor.close()

@@ -1,7 +1,7 @@
 """bot.statements: statements run on the driver's cursor keep SQLAlchemy's semantics."""
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.exc import IntegrityError
@@ -81,3 +81,22 @@ def test_more_texts_than_one_insert_takes_are_all_kept_in_order(app, twilio, emp
         report = evidence.verify()
     # Each held text: received, released, relayed; plus the consent request and events.
     assert report.ok and report.entries > 3 * many
+
+
+def test_each_time_is_written_as_itself():
+    """The datetime processor keeps its last answer for the same object only."""
+    from datetime import UTC, datetime, timedelta
+
+    save = statements.Statement(
+        update(Conversation.__table__).where(Conversation.__table__.c.id == bindparam("conv_id"))
+    )
+    compiled = save.compiled(sqlite.dialect(), ("updated_at", "conv_id"))
+    first = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    later = first + timedelta(microseconds=1)
+    assert compiled.parameters({"updated_at": first, "conv_id": 1}) == (
+        "2026-12-01 09:30:00.000000",
+        1,
+    )
+    assert compiled.parameters({"updated_at": later, "conv_id": 1})[0].endswith(".000001")
+    assert compiled.parameters({"updated_at": first, "conv_id": 1})[0].endswith(".000000")
+    assert compiled.parameters({"updated_at": None, "conv_id": 1})[0] is None
