@@ -75,6 +75,10 @@ class AbortedPipelineNoise(logging.Filter):
 
 
 def register_extensions(app: Flask) -> None:
+    if app.config.get("SQLALCHEMY_RECORD_QUERIES"):
+        # It times each statement through the execution context and
+        # after_cursor_execute, which the relay's statements do not have (bot.statements).
+        raise RuntimeError("SQLALCHEMY_RECORD_QUERIES is not supported")
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
     options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
     if uri.startswith("postgresql"):

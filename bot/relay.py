@@ -127,10 +127,12 @@ def parse_form(
 # -- what the relay reads and writes ---------------------------------------------
 #
 # The webhook's hot path runs statements built once, here, on one connection
-# (Core, not the ORM; see ``_transaction``): the conversation is read into a plain record,
-# the turn's texts and evidence entries are collected as plain rows, and at the
-# end each table gets one statement: an INSERT per table (one batch on Postgres),
-# one UPDATE of the conversation, one UPDATE per disposition of held texts.
+# (Core, not the ORM; see ``_transaction``), each compiled once and run on the
+# driver's cursor (``bot.statements``): the conversation is read into a plain
+# record, the turn's texts and evidence entries are collected as plain rows, and
+# at the end each table gets one statement: an INSERT per table (one multi-row
+# INSERT on Postgres), one UPDATE of the conversation, and one executemany of the
+# message UPDATE per disposition of held texts.
 
 _CONVERSATIONS = Conversation.__table__
 _MESSAGES = Message.__table__
@@ -296,8 +298,7 @@ def _first(conn: Connection, name: str, values: dict):
 
 
 def _one(conn: Connection, name: str, values: dict):
-    [row] = _fetch(conn, name, values)
-    return row
+    return statements.one(conn, _SQL[name], values)
 
 
 def _write(conn: Connection, name: str, values: dict | list[dict]) -> None:

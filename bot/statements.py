@@ -11,19 +11,25 @@ What SQLAlchemy would do on the way is kept:
 
 - values go through the column types' own bind processors, and rows come back
   through their result processors (enums, booleans, UTC datetimes on SQLite);
-- ``before_cursor_execute`` listeners see every statement with its parameters,
-  as they would (fault injection and statement counts in the tests rely on it);
-- a DBAPI error is handled by the connection as in its own ``execute``: wrapped
-  in ``sqlalchemy.exc`` (so an ``IntegrityError`` is still one), and a lost
-  connection is invalidated rather than handed back to the pool.
+- ``before_cursor_execute`` listeners see every statement with its parameters
+  (fault injection and statement counts in the tests rely on it); they get no
+  execution context, and ``after_cursor_execute`` is not sent, so the app
+  refuses ``SQLALCHEMY_RECORD_QUERIES``, which needs both;
+- any error while running a statement, its parameters' processing included,
+  is handled by the connection as ``Connection.execute`` handles it: wrapped in
+  ``sqlalchemy.exc`` (an ``IntegrityError`` is still one, anything else a
+  ``StatementError``), and a lost connection invalidated rather than handed
+  back to the pool.
 """
 
+import contextlib
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert
+from sqlalchemy import Connection, DateTime, bindparam
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.sql import ClauseElement
 
 
@@ -38,6 +44,9 @@ class _Compiled:
         # otherwise add one to fetch the new primary key, which the relay never reads.
         compiled = statement.compile(dialect=dialect, column_keys=keys, for_executemany=not columns)
         self.sql = compiled.string
+        if compiled.post_compile_params or compiled.literal_execute_params:
+            # An expanding IN (…) or a literal rendered while executing.
+            raise ValueError(f"{self.sql!r} is completed while executing; not supported here")
         if compiled.insert_prefetch or compiled.update_prefetch:
             # A default SQLAlchemy would compute while executing: the caller gives every value.
             raise ValueError(f"{self.sql!r} needs values the caller did not give")
@@ -62,7 +71,10 @@ class _Compiled:
             missing = {key for _, key, _, _ in self.binds if key is not None} - set(keys)
             if missing:  # e.g. a column default SQLAlchemy would have filled in
                 raise ValueError(f"statement needs values for {sorted(missing)}")
-        self.row = namedtuple("Row", [column.key for column in columns]) if columns else None
+        names = [column.key for column in columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.sql!r} returns two columns of one name")
+        self.row = namedtuple("Row", names) if columns else None
         self.results = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
@@ -87,10 +99,8 @@ class _Compiled:
 
 
 def _is_datetime(type_) -> bool:
-    try:
-        return issubclass(type_.python_type, datetime)
-    except NotImplementedError:
-        return False
+    """A DateTime column, or a TypeDecorator over one (``UTCDateTime``)."""
+    return isinstance(getattr(type_, "impl_instance", type_), DateTime)
 
 
 def _remembering(proc: Callable) -> Callable:
@@ -110,37 +120,46 @@ def _remembering(proc: Callable) -> Callable:
 
 
 class Statement:
-    """A Core statement the relay runs often; compiled the first time a dialect needs it."""
+    """A Core statement the relay runs often; compiled the first time a dialect needs it.
+
+    Compiled forms are kept per dialect object (an engine's own), so engines
+    whose dialects differ in an option that changes the SQL or the processors
+    never share one.
+    """
 
     def __init__(self, statement: ClauseElement):
         self.statement = statement
-        self._compiled: dict[tuple, _Compiled] = {}
+        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _cached(self, dialect, key: tuple, build: Callable[[], _Compiled]) -> _Compiled:
+        forms = self._compiled.get(dialect)
+        if forms is None:
+            forms = self._compiled.setdefault(dialect, {})
+        found = forms.get(key)
+        if found is None:
+            found = forms[key] = build()
+        return found
 
     def compiled(self, dialect, keys: Sequence[str] | None = None) -> _Compiled:
-        cache_key = (
-            type(dialect),
-            dialect.paramstyle,
-            dialect.server_version_info,
-            dialect.insert_returning,
-            keys,
+        return self._cached(
+            dialect,
+            ("one", dialect.insert_returning, keys),
+            lambda: _Compiled(self.statement, dialect, keys),
         )
-        found = self._compiled.get(cache_key)
-        if found is None:
-            found = self._compiled[cache_key] = _Compiled(self.statement, dialect, keys)
-        return found
 
     def rows_insert(self, dialect, keys: tuple[str, ...], count: int) -> _Compiled:
         """This INSERT as one statement of ``count`` rows: VALUES (…), (…), …"""
-        cache_key = (type(dialect), dialect.paramstyle, dialect.server_version_info, keys, count)
-        found = self._compiled.get(cache_key)
-        if found is None:
+
+        def build() -> _Compiled:
             table = self.statement.table
             rows = [
                 {key: bindparam(f"{key}_{n}", type_=table.c[key].type) for key in keys}
                 for n in range(count)
             ]
-            found = self._compiled[cache_key] = _Compiled(insert(table).values(rows), dialect, None)
-        return found
+            # .values() on the statement itself keeps its other clauses (ON CONFLICT …).
+            return _Compiled(self.statement.values(rows), dialect, None)
+
+        return self._cached(dialect, ("rows", keys, count), build)
 
 
 # Rows per multi-row INSERT on Postgres: bounds how many forms get compiled.
@@ -150,8 +169,18 @@ ROWS_PER_INSERT = 16
 def fetch(conn: Connection, statement: Statement, values: dict[str, Any]) -> list:
     """Run a statement that returns rows (a SELECT, an INSERT … RETURNING); its rows."""
     compiled = statement.compiled(conn.dialect, tuple(values))
-    rows = _run(conn, compiled.sql, compiled.parameters(values), rows=compiled.row is not None)
-    return compiled.rows(rows)
+    fetched = _run(conn, compiled.sql, lambda: compiled.parameters(values), rows=bool(compiled.row))
+    return compiled.rows(fetched)
+
+
+def one(conn: Connection, statement: Statement, values: dict[str, Any]):
+    """The one row a statement returns; as SQLAlchemy's ``Result.one()``, else an error."""
+    rows = fetch(conn, statement, values)
+    if not rows:
+        raise NoResultFound("No row was found when one was required")
+    if len(rows) > 1:
+        raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+    return rows[0]
 
 
 def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -> None:
@@ -162,7 +191,9 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
     """
     if isinstance(values, dict):
         compiled = statement.compiled(conn.dialect, tuple(values))
-        _run(conn, compiled.sql, compiled.parameters(values))
+        _run(conn, compiled.sql, lambda: compiled.parameters(values))
+        return
+    if not values:
         return
     keys = tuple(values[0])
     if conn.dialect.name == "postgresql" and statement.statement.is_insert:
@@ -171,25 +202,30 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
         for start in range(0, len(values), ROWS_PER_INSERT):
             chunk = values[start : start + ROWS_PER_INSERT]
             compiled = statement.rows_insert(conn.dialect, keys, len(chunk))
-            flat = {f"{key}_{n}": row[key] for n, row in enumerate(chunk) for key in keys}
-            _run(conn, compiled.sql, compiled.parameters(flat))
+
+            def flat(compiled=compiled, chunk=chunk):
+                named = {f"{key}_{n}": row[key] for n, row in enumerate(chunk) for key in keys}
+                return compiled.parameters(named)
+
+            _run(conn, compiled.sql, flat)
         return
     compiled = statement.compiled(conn.dialect, keys)
-    params = [compiled.parameters(row) for row in values]
-    if len(params) == 1:
-        _run(conn, compiled.sql, params[0])
+    if len(values) == 1:
+        _run(conn, compiled.sql, lambda: compiled.parameters(values[0]))
     else:
-        _run(conn, compiled.sql, params, many=True)
+        _run(conn, compiled.sql, lambda: [compiled.parameters(row) for row in values], many=True)
 
 
 def command(conn: Connection, sql: str) -> None:
     """A fixed command without parameters (SQLite's BEGIN IMMEDIATE), run the same way."""
-    _run(conn, sql, ())
+    _run(conn, sql, tuple)
 
 
-def _run(conn: Connection, sql: str, params, many: bool = False, rows: bool = False) -> list:
-    cursor = conn.connection.driver_connection.cursor()
+def _run(conn: Connection, sql: str, parameters: Callable, many=False, rows=False) -> list:
+    params = cursor = None
     try:
+        params = parameters()
+        cursor = conn.connection.driver_connection.cursor()
         if conn.dispatch.before_cursor_execute:
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, params, None, many)
@@ -198,10 +234,14 @@ def _run(conn: Connection, sql: str, params, many: bool = False, rows: bool = Fa
             return []
         cursor.execute(sql, params)
         return cursor.fetchall() if rows else []
-    except conn.dialect.loaded_dbapi.Error as exc:
-        # Wraps the error in sqlalchemy.exc and invalidates a lost connection, as
-        # Connection.execute does; the caller's transaction then rolls back.
+    except BaseException as exc:
+        # As Connection.execute does: a DBAPI error wrapped in sqlalchemy.exc (any
+        # other error in a StatementError; a listener's own SQLAlchemy error as it
+        # is), a lost connection or an interrupt invalidating the connection. The
+        # caller's transaction then rolls back.
         conn._handle_dbapi_exception(exc, sql, params, cursor, None)
         raise  # not reached: the line above always raises
     finally:
-        cursor.close()
+        if cursor is not None:
+            with contextlib.suppress(Exception):  # already closed with its connection
+                cursor.close()

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import psycopg
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, NoResultFound, StatementError
 
 from bot import evidence, statements
 from bot.extensions import db
@@ -46,19 +46,62 @@ def test_values_and_rows_go_through_the_column_types(app, twilio, employee):
 
 
 def test_a_duplicate_row_raises_sqlalchemys_integrity_error(app, twilio, employee):
+    """The repeated MessageSid in the last of 20 rows (past one multi-row INSERT on Postgres)."""
     twilio.sms(CONTACT, "Hi", sid="SM" + "1" * 32)
     table = Message.__table__
     count = select(func.count()).select_from(table)
-    with app.app_context(), db.engine.connect() as conn:
-        before = conn.execute(count).scalar()
-        row = dict(conn.execute(select(table).limit(1)).one()._mapping)
+    with app.app_context():
+        with db.engine.connect() as conn:
+            before = conn.execute(count).scalar()
+            row = dict(conn.execute(select(table).limit(1)).one()._mapping)
         row.pop("id")
-        rows = [row | {"ref": "another-ref"}, row | {"ref": "a-third-ref", "twilio_sid": None}]
-        with pytest.raises(IntegrityError):
+        rows = [row | {"ref": f"ref-{n}", "twilio_sid": None} for n in range(19)]
+        rows.append(row | {"ref": "ref-last"})  # the same twilio_sid as the stored text
+        with pytest.raises(IntegrityError), db.engine.begin() as conn:
             statements.execute(conn, statements.Statement(insert(table)), rows)
-        conn.rollback()
-        # Nothing of the failed statement stays; the connection is usable again.
-        assert conn.execute(count).scalar() == before
+        with db.engine.connect() as conn:
+            # Nothing of the failed transaction stays; the pool's connection works.
+            assert conn.execute(count).scalar() == before
+
+
+def test_an_error_in_a_value_is_a_statement_error(app, twilio, employee):
+    """A naive datetime fails in the column type's processor: wrapped as execute would."""
+    from datetime import datetime
+
+    save = statements.Statement(
+        update(Conversation.__table__).where(Conversation.__table__.c.id == bindparam("conv_id"))
+    )
+    twilio.sms(CONTACT, "Hi")
+    naive = {"updated_at": datetime(2026, 1, 1), "conv_id": 1}
+    with app.app_context(), pytest.raises(StatementError, match="naive"), db.engine.begin() as c:
+        statements.execute(c, save, naive)
+
+
+def test_one_row_or_an_error(app):
+    missing = statements.Statement(
+        select(Conversation.__table__.c.id).where(Conversation.__table__.c.id == -1)
+    )
+    with app.app_context(), db.engine.connect() as conn, pytest.raises(NoResultFound):
+        statements.one(conn, missing, {})
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_statements_completed_while_executing_are_refused(dialect):
+    table = Message.__table__
+    expanding = select(table.c.id).where(table.c.id.in_(bindparam("ids", expanding=True)))
+    with pytest.raises(ValueError, match="while executing"):
+        statements.Statement(expanding).compiled(dialect, ("ids",))
+    twice = select(table.c.id, Conversation.__table__.c.id).join(Conversation.__table__)
+    with pytest.raises(ValueError, match="two columns"):
+        statements.Statement(twice).compiled(dialect, ())
+
+
+def test_record_queries_is_refused():
+    from bot import create_app
+    from support import base_env
+
+    with pytest.raises(RuntimeError, match="SQLALCHEMY_RECORD_QUERIES"):
+        create_app({"SQLALCHEMY_RECORD_QUERIES": True}, env=base_env("sqlite://"))
 
 
 def test_more_texts_than_one_insert_takes_are_all_kept_in_order(app, twilio, employee):
@@ -83,20 +126,35 @@ def test_more_texts_than_one_insert_takes_are_all_kept_in_order(app, twilio, emp
     assert report.ok and report.entries > 3 * many
 
 
-def test_each_time_is_written_as_itself():
-    """The datetime processor keeps its last answer for the same object only."""
+def test_each_time_is_formatted_once_and_as_itself():
+    """A datetime's processor keeps its last answer, for the same object only."""
     from datetime import UTC, datetime, timedelta
 
-    save = statements.Statement(
-        update(Conversation.__table__).where(Conversation.__table__.c.id == bindparam("conv_id"))
-    )
-    compiled = save.compiled(sqlite.dialect(), ("updated_at", "conv_id"))
+    from sqlalchemy import Column, DateTime, Integer, MetaData, Table, TypeDecorator
+
+    calls = []
+
+    class Counted(TypeDecorator):
+        impl = DateTime
+        cache_ok = True
+
+        def process_bind_param(self, value, dialect):
+            calls.append(value)
+            return value
+
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("at", Counted))
+    save = statements.Statement(update(table).where(table.c.id == bindparam("row_id")))
+    compiled = save.compiled(sqlite.dialect(), ("at", "row_id"))
     first = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    assert compiled.parameters({"at": first, "row_id": 1}) == ("2026-12-01 09:30:00.000000", 1)
+    assert compiled.parameters({"at": first, "row_id": 2})[0] == "2026-12-01 09:30:00.000000"
+    assert calls == [first]  # formatted once for the same object
+    equal = first + timedelta(0)
+    assert equal is not first
+    compiled.parameters({"at": equal, "row_id": 3})
     later = first + timedelta(microseconds=1)
-    assert compiled.parameters({"updated_at": first, "conv_id": 1}) == (
-        "2026-12-01 09:30:00.000000",
-        1,
-    )
-    assert compiled.parameters({"updated_at": later, "conv_id": 1})[0].endswith(".000001")
-    assert compiled.parameters({"updated_at": first, "conv_id": 1})[0].endswith(".000000")
-    assert compiled.parameters({"updated_at": None, "conv_id": 1})[0] is None
+    assert compiled.parameters({"at": later, "row_id": 4})[0].endswith(".000001")
+    assert compiled.parameters({"at": None, "row_id": 5})[0] is None
+    assert calls == [first, equal, later, None]
+    # The app's UTC datetime columns get the same treatment.
+    assert statements._is_datetime(Conversation.__table__.c.updated_at.type)
