@@ -69,6 +69,7 @@ bench-smoke: venv $(VENV)/.bench
 	$(BIN)/python -m bench.inproc --rounds 1 --requests 100
 	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
 	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
+	$(BIN)/python -m bench.compare HEAD --rounds 1 --requests 100 --out bench/results/compare-smoke.json
 
 # Re-make the README's screenshots with the browser test.
 screenshots: venv browser
