@@ -60,11 +60,11 @@ def register_proxy(app: Flask) -> None:
 class AbortedPipelineNoise(logging.Filter):
     """Drop psycopg's "error ignored terminating <Pipeline>: pipeline aborted" warning.
 
-    psycopg sends an executemany as a pipeline; when a row fails (a repeated
-    MessageSid on the unique index, which the relay expects and answers), it
-    raises that error and also warns that the aborted pipeline could not be
-    closed cleanly. The error is what matters and is handled or logged where it
-    is raised; the warning would add a line per retried webhook.
+    psycopg sends an executemany as a pipeline (the relay's one: the UPDATE of
+    held texts' dispositions; its INSERTs are multi-row statements); when a row
+    fails, it raises that error and also warns that the aborted pipeline could
+    not be closed cleanly. The error is what matters and is handled or logged
+    where it is raised; the warning would add a second line for the same failure.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -179,6 +179,11 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
             queue.release(dbapi_connection)
 
 
+def _driver(connection):
+    """The sqlite3 connection itself, from it or from SQLAlchemy's pool wrapper."""
+    return getattr(connection, "dbapi_connection", connection)
+
+
 class WriterQueue:
     """One SQLite writer at a time across processes, handed over without delay.
 
@@ -207,7 +212,7 @@ class WriterQueue:
         A lock file that cannot be opened (another user's, a read-only
         directory) leaves the queue out: SQLite's busy handler serialises alone.
         """
-        key = id(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+        key = id(_driver(dbapi_connection))
         if key in self.held:
             return 0.0
         try:
@@ -234,15 +239,13 @@ class WriterQueue:
         self.commits += 1
         if self.commits % self.CHECKPOINT_EVERY:
             return
-        driver = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
         try:
-            driver.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            _driver(dbapi_connection).execute("PRAGMA wal_checkpoint(PASSIVE)").close()
         except sqlite3.Error as exc:  # nothing is lost: the next one copies the same pages
             log.warning("WAL checkpoint failed: %s", exc)
 
     def release(self, dbapi_connection) -> None:
-        key = id(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
-        fd = self.held.pop(key, None)
+        fd = self.held.pop(id(_driver(dbapi_connection)), None)
         if fd is not None:
             os.close(fd)
 

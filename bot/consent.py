@@ -71,6 +71,11 @@ class Conversation:
     twilio_opt_out: bool = False
 
 
+def line_mode(own: Mode | None, organisation: Mode) -> Mode:
+    """A line's mode: its employee's own, else the organisation's default (SPEC §1)."""
+    return own or organisation
+
+
 @dataclass(frozen=True)
 class Policy:
     """The rules in force for one conversation."""

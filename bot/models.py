@@ -138,9 +138,6 @@ class Employee(Timestamps, db.Model):
     mode: Mapped[consent.Mode | None] = mapped_column(_enum(consent.Mode))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
-    def effective_mode(self, default: consent.Mode) -> consent.Mode:
-        return self.mode or default
-
 
 class Conversation(Timestamps, db.Model):
     """One (line, contact address) pair: where consent lives (SPEC §1–§2)."""

@@ -163,7 +163,7 @@ class Conv:
     @property
     def facts(self) -> consent.Conversation:
         return consent.Conversation(
-            self.state, self.initiator, self.last_request_at, bool(self.twilio_opt_out)
+            self.state, self.initiator, self.last_request_at, self.twilio_opt_out
         )
 
     def display(self) -> str:
@@ -293,8 +293,7 @@ def _fetch(conn: Connection, name: str, values: dict) -> list:
 
 
 def _first(conn: Connection, name: str, values: dict):
-    rows = _fetch(conn, name, values)
-    return rows[0] if rows else None
+    return statements.first(conn, _SQL[name], values)
 
 
 def _one(conn: Connection, name: str, values: dict):
@@ -324,7 +323,7 @@ def _save(turn: _Turn) -> None:
             "state": conv.state,
             "initiator": conv.initiator,
             "last_request_at": conv.last_request_at,
-            "twilio_opt_out": bool(conv.twilio_opt_out),
+            "twilio_opt_out": conv.twilio_opt_out,
             "addressed_at": conv.addressed_at,
             "chain_head": conv.chain_head,
             "chain_length": conv.chain_length,
@@ -604,7 +603,7 @@ def _control(conn, inbound, employee, settings, now, status_base, reply: str) ->
 
 def _policy(turn: _Turn) -> consent.Policy:
     return consent.Policy(
-        mode=turn.employee.mode or turn.settings.default_mode,
+        mode=consent.line_mode(turn.employee.mode, turn.settings.default_mode),
         channel=phones.channel_of(turn.conv.contact),
         stop_filtering=current_app.config["TWILIO_STOP_FILTERING"],
     )
@@ -638,8 +637,7 @@ def _lock(conn: Connection, line: str, contact: str, now: datetime) -> Conv:
         }
         dialect = conn.dialect
         if dialect.insert_returning:
-            rows = statements.fetch(conn, _SQL["create_returning"][dialect.name], created)
-            row = rows[0] if rows else None
+            row = statements.first(conn, _SQL["create_returning"][dialect.name], created)
         else:
             statements.execute(conn, _SQL["create"][dialect.name], created)
             row = None

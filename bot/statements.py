@@ -36,7 +36,7 @@ from sqlalchemy.sql import ClauseElement
 class _Compiled:
     """One statement as one dialect runs it, for one set of parameter names."""
 
-    __slots__ = ("binds", "positional", "results", "row", "sql")
+    __slots__ = ("binds", "names", "positional", "results", "row", "sql")
 
     def __init__(self, statement: ClauseElement, dialect, keys: Sequence[str] | None):
         columns = list(getattr(statement, "exported_columns", ()) or ())
@@ -71,10 +71,11 @@ class _Compiled:
             missing = {key for _, key, _, _ in self.binds if key is not None} - set(keys)
             if missing:  # e.g. a column default SQLAlchemy would have filled in
                 raise ValueError(f"statement needs values for {sorted(missing)}")
-        names = [column.key for column in columns]
-        if len(set(names)) != len(names):
+        self.names = [name for name, _, _, _ in self.binds]
+        keys_out = [column.key for column in columns]
+        if len(set(keys_out)) != len(keys_out):
             raise ValueError(f"{self.sql!r} returns two columns of one name")
-        self.row = namedtuple("Row", names) if columns else None
+        self.row = namedtuple("Row", keys_out) if columns else None
         self.results = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
@@ -86,7 +87,7 @@ class _Compiled:
         ]
         if self.positional:
             return tuple(params)
-        return dict(zip((name for name, _, _, _ in self.binds), params, strict=True))
+        return dict(zip(self.names, params, strict=True))
 
     def rows(self, fetched: Iterable[tuple]) -> list:
         results, make = self.results, self.row._make
@@ -171,6 +172,12 @@ def fetch(conn: Connection, statement: Statement, values: dict[str, Any]) -> lis
     compiled = statement.compiled(conn.dialect, tuple(values))
     fetched = _run(conn, compiled.sql, lambda: compiled.parameters(values), rows=bool(compiled.row))
     return compiled.rows(fetched)
+
+
+def first(conn: Connection, statement: Statement, values: dict[str, Any]):
+    """The first row a statement returns, or None."""
+    rows = fetch(conn, statement, values)
+    return rows[0] if rows else None
 
 
 def one(conn: Connection, statement: Statement, values: dict[str, Any]):
