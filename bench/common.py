@@ -86,12 +86,13 @@ def app_env(database_url: str, workers: int = 2) -> dict[str, str]:
     return env
 
 
-def flask(args: list[str], database_url: str, timeout: float = 600, **kw) -> str:
-    """``flask --app app ARGS`` from the project root, as an operator runs it."""
+def flask(args: list[str], database_url: str, timeout: float = 600, cwd: Path = ROOT, **kw) -> str:
+    """``flask --app app ARGS`` from the project root (or another checkout), as an
+    operator runs it."""
     command = [python(), "-m", "flask", "--app", "app", *args]
     done = subprocess.run(
         command,
-        cwd=ROOT,
+        cwd=cwd,
         env=app_env(database_url),
         capture_output=True,
         text=True,
@@ -103,15 +104,16 @@ def flask(args: list[str], database_url: str, timeout: float = 600, **kw) -> str
     return done.stdout + done.stderr
 
 
-def migrate(database_url: str) -> None:
-    flask(["db", "upgrade"], database_url)
+def migrate(database_url: str, cwd: Path = ROOT) -> None:
+    flask(["db", "upgrade"], database_url, cwd=cwd)
 
 
-def seed_employees(database_url: str) -> None:
+def seed_employees(database_url: str, cwd: Path = ROOT) -> None:
     for line in LINES:
         flask(
             ["employees", "add", "--name", line.name, "--cell", line.cell, "--line", line.line],
             database_url,
+            cwd=cwd,
         )
 
 

@@ -19,7 +19,6 @@ databases are removed at the end.
 """
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -29,29 +28,8 @@ import time
 from pathlib import Path
 
 from bench import common
-from bench.load import drive, summarize, workload
-from bench.run import pooled, ratio
-
-
-def _flask(tree: Path, args: list[str], database_url: str) -> None:
-    command = [common.python(), "-m", "flask", "--app", "app", *args]
-    done = subprocess.run(
-        command,
-        cwd=tree,
-        env=common.app_env(database_url),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed in {tree}:\n{done.stderr[-2000:]}")
-
-
-def _prepare(tree: Path, database_url: str) -> None:
-    _flask(tree, ["db", "upgrade"], database_url)
-    for line in common.LINES:
-        args = ["employees", "add", "--name", line.name, "--cell", line.cell, "--line", line.line]
-        _flask(tree, args, database_url)
+from bench.load import summarize
+from bench.run import one_round, pooled, ratio, round_line
 
 
 def _commit(tree: Path) -> str:
@@ -82,19 +60,6 @@ def _checkout(ref: str, tmp: Path):
             cwd=common.ROOT,
             capture_output=True,
         )
-
-
-def _round(server, requests, concurrency, time_cap, seed, contact_base, pg_name):
-    scripts = workload(requests, seed=seed, contact_base=contact_base)
-    pids = [server.proc.pid, *server.workers()]
-    before = common.cpu_by_pid(pids)
-    pg_before = common.cpu_by_pid(common.postgres_pids(pg_name)) if pg_name else {}
-    run = asyncio.run(drive(server.sms_url, scripts, concurrency, requests, time_cap))
-    cpu = common.cpu_spent(before, common.cpu_by_pid(pids))
-    pg = 0.0
-    if pg_name:
-        pg = common.cpu_spent(pg_before, common.cpu_by_pid(common.postgres_pids(pg_name)))
-    return run, cpu, pg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
                     else:
                         pg_names[name] = f"bench_compare_{side.lower()}_{os.getpid()}"
                         urls[name] = common.create_pg_db(pg_names[name])
-                    _prepare(tree, urls[name])
+                    common.migrate(urls[name], cwd=tree)  # by its own code
+                    common.seed_employees(urls[name], cwd=tree)
             bare_env = common.app_env("sqlite:///:memory:", args.workers)
             servers = {
                 "bare": stack.enter_context(
@@ -155,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
             for i, server in enumerate(servers.values()):  # warm-up, untimed
-                _round(server, 300, args.concurrency, 30, 7, 5_000_000 + 100_000 * i, None)
+                one_round(server, 300, args.concurrency, 30, 7, 5_000_000 + 100_000 * i, None)
             schedule = []
             for _ in range(args.rounds):
                 for backend in backends:
@@ -164,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             cpu = {name: [0.0, 0.0, 0] for name in servers}
             rounds = []
             for i, name in enumerate(schedule):
-                run, server_cpu, pg_cpu = _round(
+                run, server_cpu, pg_cpu = one_round(
                     servers[name],
                     args.requests,
                     args.concurrency,
@@ -179,12 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                 cpu[name][1] += pg_cpu
                 cpu[name][2] += s["requests"]
                 rounds.append({"target": name, **s})
-                print(
-                    f"round {i + 1:2d}/{len(schedule)} {name:<11} {s['requests']:6d} req "
-                    f"{s['throughput_rps']:8.1f} req/s  p50 {s['p50_ms']:7.2f}  "
-                    f"p99 {s['p99_ms']:7.2f} ms  non-200 {s['non_200']}",
-                    flush=True,
-                )
+                print(round_line(i, len(schedule), name, s), flush=True)
         totals = {name: pooled(r) for name, r in runs.items()}
         for name, (server_cpu, pg_cpu, n) in cpu.items():
             totals[name]["server_cpu_us_per_request"] = round(server_cpu / max(n, 1) * 1e6)

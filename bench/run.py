@@ -50,17 +50,30 @@ def prepare(database_url: str) -> float:
     return time.monotonic() - started
 
 
-def one_round(server: common.Server, requests, concurrency, time_cap, seed, contact_base):
+def one_round(
+    server: common.Server, requests, concurrency, time_cap, seed, contact_base, pg_name=PG_NAME
+):
     """Sign a fresh workload (untimed), then send it; CPU of the servers is read from /proc
-    (gunicorn's master and workers; the Postgres backends serving the bench's database)."""
+    (gunicorn's master and workers; the Postgres backends serving ``pg_name``, if any)."""
     scripts = workload(requests, seed=seed, contact_base=contact_base)
     pids = [server.proc.pid, *server.workers()]
     server0 = common.cpu_by_pid(pids)
-    pg0 = common.cpu_by_pid(common.postgres_pids(PG_NAME))
+    pg0 = common.cpu_by_pid(common.postgres_pids(pg_name)) if pg_name else {}
     run = asyncio.run(drive(server.sms_url, scripts, concurrency, requests, time_cap))
     server_cpu = common.cpu_spent(server0, common.cpu_by_pid(pids))
-    pg_cpu = common.cpu_spent(pg0, common.cpu_by_pid(common.postgres_pids(PG_NAME)))
+    pg_cpu = 0.0
+    if pg_name:
+        pg_cpu = common.cpu_spent(pg0, common.cpu_by_pid(common.postgres_pids(pg_name)))
     return run, server_cpu, pg_cpu
+
+
+def round_line(index: int, count: int, name: str, s: dict) -> str:
+    """How a round is printed as it ends."""
+    return (
+        f"round {index + 1:2d}/{count} {name:<13} {s['requests']:6d} req "
+        f"{s['throughput_rps']:8.1f} req/s  p50 {s['p50_ms']:7.2f}  "
+        f"p99 {s['p99_ms']:7.2f} ms  non-200 {s['non_200']}"
+    )
 
 
 def pooled(runs: list[Run]) -> dict:
@@ -299,11 +312,7 @@ def main(argv=None) -> None:
                     **s,
                 }
                 rounds.append(entry)
-                print(
-                    f"round {i + 1:2d}/{len(schedule)} {name:<13} {s['requests']:6d} req "
-                    f"{s['throughput_rps']:8.1f} req/s  p50 {s['p50_ms']:7.2f}  "
-                    f"p99 {s['p99_ms']:7.2f} ms  non-200 {s['non_200']}"
-                )
+                print(round_line(i, len(schedule), name, s))
             report["schedule"] = schedule
             report["rounds"] = rounds
             report["totals"] = {name: pooled(r) for name, r in runs.items()}
