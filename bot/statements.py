@@ -11,6 +11,12 @@ What SQLAlchemy would do on the way is kept:
 
 - values go through the column types' own bind processors, and rows come back
   through their result processors (enums, booleans, UTC datetimes on SQLite);
+- on Postgres they are compiled with numbered parameters (``$1``) and run on
+  psycopg's ``RawCursor``, which sends them as they are: psycopg's own cursor
+  rewrites ``%(name)s`` into ``$1`` on every execution, and does not keep the
+  rewritten form of a statement of more than 50 parameters, such as the turn's
+  multi-row INSERTs, whose rewriting then cost more than the rest of the
+  statement's client side;
 - ``before_cursor_execute`` listeners see every statement with its parameters
   (fault injection and statement counts in the tests rely on it); they get no
   execution context, and ``after_cursor_execute`` is not sent, so the app
@@ -23,11 +29,13 @@ What SQLAlchemy would do on the way is kept:
 """
 
 import contextlib
+import copy
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from psycopg import RawCursor
 from sqlalchemy import Connection, DateTime, bindparam
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.sql import ClauseElement
@@ -36,13 +44,18 @@ from sqlalchemy.sql import ClauseElement
 class _Compiled:
     """One statement as one dialect runs it, for one set of parameter names."""
 
-    __slots__ = ("binds", "names", "positional", "results", "row", "sql")
+    __slots__ = ("binds", "names", "positional", "raw", "results", "row", "sql")
 
     def __init__(self, statement: ClauseElement, dialect, keys: Sequence[str] | None):
         columns = list(getattr(statement, "exported_columns", ()) or ())
+        self.raw = dialect.driver == "psycopg"
         # Without a RETURNING of its own, compiled as for executemany: Postgres would
         # otherwise add one to fetch the new primary key, which the relay never reads.
-        compiled = statement.compile(dialect=dialect, column_keys=keys, for_executemany=not columns)
+        compiled = statement.compile(
+            dialect=_numbered(dialect) if self.raw else dialect,
+            column_keys=keys,
+            for_executemany=not columns,
+        )
         self.sql = compiled.string
         if compiled.post_compile_params or compiled.literal_execute_params:
             # An expanding IN (…) or a literal rendered while executing.
@@ -50,7 +63,7 @@ class _Compiled:
         if compiled.insert_prefetch or compiled.update_prefetch:
             # A default SQLAlchemy would compute while executing: the caller gives every value.
             raise ValueError(f"{self.sql!r} needs values the caller did not give")
-        self.positional = dialect.positional
+        self.positional = compiled.positional
         names = compiled.positiontup if self.positional else list(compiled.binds)
         escaped = compiled.escaped_bind_names or {}
         # (name the driver sees, key in the caller's values or None, processor, fixed value)
@@ -97,6 +110,21 @@ class _Compiled:
             make(v if proc is None else proc(v) for v, proc in zip(row, results, strict=True))
             for row in fetched
         ]
+
+
+_NUMBERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _numbered(dialect):
+    """The dialect as it is, but writing parameters as ``$1, $2, …`` (psycopg's RawCursor)."""
+    numbered = _NUMBERED.get(dialect)
+    if numbered is None:
+        numbered = copy.copy(dialect)
+        numbered.paramstyle, numbered.positional = "numeric_dollar", True
+        # Its own quoting too: pyformat's doubles every % of the SQL, numbered ones keep it.
+        numbered.identifier_preparer = numbered.preparer(numbered)
+        _NUMBERED[dialect] = numbered
+    return numbered
 
 
 def _is_datetime(type_) -> bool:
@@ -170,7 +198,7 @@ ROWS_PER_INSERT = 16
 def fetch(conn: Connection, statement: Statement, values: dict[str, Any]) -> list:
     """Run a statement that returns rows (a SELECT, an INSERT … RETURNING); its rows."""
     compiled = statement.compiled(conn.dialect, tuple(values))
-    fetched = _run(conn, compiled.sql, lambda: compiled.parameters(values), rows=bool(compiled.row))
+    fetched = _run(conn, compiled, lambda: compiled.parameters(values), rows=bool(compiled.row))
     return compiled.rows(fetched)
 
 
@@ -198,7 +226,7 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
     """
     if isinstance(values, dict):
         compiled = statement.compiled(conn.dialect, tuple(values))
-        _run(conn, compiled.sql, lambda: compiled.parameters(values))
+        _run(conn, compiled, lambda: compiled.parameters(values))
         return
     if not values:
         return
@@ -214,25 +242,32 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
                 named = {f"{key}_{n}": row[key] for n, row in enumerate(chunk) for key in keys}
                 return compiled.parameters(named)
 
-            _run(conn, compiled.sql, flat)
+            _run(conn, compiled, flat)
         return
     compiled = statement.compiled(conn.dialect, keys)
     if len(values) == 1:
-        _run(conn, compiled.sql, lambda: compiled.parameters(values[0]))
+        _run(conn, compiled, lambda: compiled.parameters(values[0]))
     else:
-        _run(conn, compiled.sql, lambda: [compiled.parameters(row) for row in values], many=True)
+        _run(conn, compiled, lambda: [compiled.parameters(row) for row in values], many=True)
+
+
+# A statement as ``_run`` needs it: its SQL, and whether it goes to psycopg's RawCursor.
+_Command = namedtuple("_Command", "sql raw", defaults=(False,))
 
 
 def command(conn: Connection, sql: str) -> None:
     """A fixed command without parameters (SQLite's BEGIN IMMEDIATE), run the same way."""
-    _run(conn, sql, tuple)
+    _run(conn, _Command(sql), tuple)
 
 
-def _run(conn: Connection, sql: str, parameters: Callable, many=False, rows=False) -> list:
-    params = cursor = None
+def _run(
+    conn: Connection, compiled: "_Compiled | _Command", parameters: Callable, many=False, rows=False
+) -> list:
+    sql, params, cursor = compiled.sql, None, None
     try:
         params = parameters()
-        cursor = conn.connection.driver_connection.cursor()
+        driver = conn.connection.driver_connection
+        cursor = RawCursor(driver) if compiled.raw else driver.cursor()
         if conn.dispatch.before_cursor_execute:
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, params, None, many)

@@ -77,6 +77,22 @@ def test_an_error_in_a_value_is_a_statement_error(app, twilio, employee):
         statements.execute(c, save, naive)
 
 
+def test_sql_reaches_the_database_as_written(app):
+    """On Postgres the statements are numbered (``$1``) and run on psycopg's RawCursor,
+    which sends them as they are: a % in the SQL is one %, as on SQLite."""
+    from sqlalchemy import literal, literal_column
+
+    percent = statements.Statement(
+        select(literal_column("'100%'").label("sign"), literal("50%").label("value"))
+    )
+    with app.app_context(), db.engine.connect() as conn:
+        row = statements.one(conn, percent, {})
+        compiled = percent.compiled(conn.dialect, ())
+    assert (row.sign, row.value) == ("100%", "50%")
+    if conn.dialect.name == "postgresql":
+        assert compiled.raw and "$1" in compiled.sql
+
+
 def test_one_row_or_an_error(app):
     missing = statements.Statement(
         select(Conversation.__table__.c.id).where(Conversation.__table__.c.id == -1)
