@@ -132,7 +132,8 @@ def parse_form(
 # record, the turn's texts and evidence entries are collected as plain rows, and
 # at the end each table gets one statement: an INSERT per table (one multi-row
 # INSERT on Postgres), one UPDATE of the conversation, and one executemany of the
-# message UPDATE per disposition of held texts.
+# message UPDATE per disposition of held texts. On Postgres the INSERTs and the
+# UPDATE of the conversation go as one statement.
 
 _CONVERSATIONS = Conversation.__table__
 _MESSAGES = Message.__table__
@@ -305,19 +306,17 @@ def _write(conn: Connection, name: str, values: dict | list[dict]) -> None:
 
 
 def _save(turn: _Turn) -> None:
-    """Write the turn: its texts, its evidence, the conversation, the held texts' fate."""
+    """Write the turn: its texts, its evidence, the conversation, the held texts' fate.
+
+    The texts go first (a repeated MessageSid fails there, before anything
+    else); on Postgres the texts, the evidence and the conversation go as one
+    statement (``statements.write``).
+    """
     conn, conv, now = turn.conn, turn.conv, turn.now
-    if turn.messages:
-        # First, so that a repeated MessageSid fails here, before anything else.
-        _write(conn, "insert_messages", turn.messages)
-    if turn.entries:
-        _write(conn, "insert_entries", turn.entries)
-    for disposition, ids in turn.disposed.items():
-        rows = [{"disposition": disposition, "updated_at": now, "message_id": i} for i in ids]
-        _write(conn, "update_message", rows)
-    _write(
+    statements.write(
         conn,
-        "save",
+        [(_SQL["insert_messages"], turn.messages), (_SQL["insert_entries"], turn.entries)],
+        _SQL["save"],
         {
             "conv_id": conv.id,
             "state": conv.state,
@@ -330,6 +329,9 @@ def _save(turn: _Turn) -> None:
             "updated_at": now,
         },
     )
+    for disposition, ids in turn.disposed.items():
+        rows = [{"disposition": disposition, "updated_at": now, "message_id": i} for i in ids]
+        _write(conn, "update_message", rows)
 
 
 # -- the entry points ----------------------------------------------------------

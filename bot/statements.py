@@ -190,6 +190,27 @@ class Statement:
 
         return self._cached(dialect, ("rows", keys, count), build)
 
+    def with_inserts(self, dialect, keys: tuple, inserts: tuple) -> _Compiled:
+        """This statement, preceded in the same statement by INSERTs of rows as
+        data-modifying ``WITH`` queries (Postgres); ``inserts`` names each one's
+        Statement, columns and row count."""
+
+        def build() -> _Compiled:
+            ctes, names = [], []
+            for i, (insert, columns, count) in enumerate(inserts):
+                table = insert.statement.table
+                rows = []
+                for n in range(count):
+                    row = {}
+                    for key in columns:
+                        row[key] = bindparam(f"w{i}_{key}_{n}", type_=table.c[key].type)
+                        names.append(f"w{i}_{key}_{n}")
+                    rows.append(row)
+                ctes.append(insert.statement.values(rows).cte(f"w{i}"))
+            return _Compiled(self.statement.add_cte(*ctes), dialect, keys + tuple(names))
+
+        return self._cached(dialect, ("with", keys, inserts), build)
+
 
 # Rows per multi-row INSERT on Postgres: bounds how many forms get compiled.
 ROWS_PER_INSERT = 16
@@ -249,6 +270,37 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
         _run(conn, compiled, lambda: compiled.parameters(values[0]))
     else:
         _run(conn, compiled, lambda: [compiled.parameters(row) for row in values], many=True)
+
+
+def write(conn: Connection, inserts: list[tuple[Statement, list[dict]]], last, values: dict):
+    """INSERTs of rows, then one more statement (``last``, with ``values``), as one write.
+
+    On Postgres that is one statement, each INSERT a data-modifying ``WITH`` query
+    of the last: one round trip for all (the database runs them all, and checks
+    their constraints when the statement ends). SQLite has no INSERT in ``WITH``:
+    there they run one after another, as ``execute`` runs them; so do INSERTs of
+    more than ROWS_PER_INSERT rows (a YES releasing many held texts), which
+    bounds the parameters of one statement and the forms compiled.
+    """
+    inserts = [(statement, rows) for statement, rows in inserts if rows]
+    together = conn.dialect.name == "postgresql" and inserts
+    if not together or any(len(rows) > ROWS_PER_INSERT for _, rows in inserts):
+        for statement, rows in inserts:
+            execute(conn, statement, rows)
+        execute(conn, last, values)
+        return
+    shapes = tuple((statement, tuple(rows[0]), len(rows)) for statement, rows in inserts)
+    compiled = last.with_inserts(conn.dialect, tuple(values), shapes)
+
+    def parameters():
+        named = dict(values)
+        for i, (_statement, rows) in enumerate(inserts):
+            for n, row in enumerate(rows):
+                for key, value in row.items():
+                    named[f"w{i}_{key}_{n}"] = value
+        return compiled.parameters(named)
+
+    _run(conn, compiled, parameters)
 
 
 # A statement as ``_run`` needs it: its SQL, and whether it goes to psycopg's RawCursor.

@@ -17,7 +17,7 @@ def post_worker_init(worker):
 
     @event.listens_for(Engine, "before_cursor_execute")
     def note_writes(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "WITH")):
             conn.info[wrote] = True
 
     @event.listens_for(Engine, "commit")

@@ -14,12 +14,14 @@ from support import CONTACT, LINE, TEST_DATABASE_URL
 
 @pytest.fixture
 def fail_on(app):
-    """Make the database refuse the next statement that starts with a given SQL prefix."""
+    """Make the database refuse the next statement that starts with a given SQL prefix,
+    or holds it as a data-modifying ``WITH`` query (Postgres writes a turn in one)."""
     armed: dict[str, str | None] = {"prefix": None}
 
     def before(conn, cursor, statement, parameters, context, executemany):
         prefix = armed["prefix"]
-        if prefix and statement.lstrip().upper().startswith(prefix):
+        sql = statement.lstrip().upper()
+        if prefix and (sql.startswith(prefix) or (sql.startswith("WITH") and prefix in sql)):
             armed["prefix"] = None
             raise OperationalError(statement, parameters, Exception("injected failure"))
 
