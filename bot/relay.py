@@ -308,9 +308,10 @@ def _write(conn: Connection, name: str, values: dict | list[dict]) -> None:
 def _save(turn: _Turn) -> None:
     """Write the turn: its texts, its evidence, the conversation, the held texts' fate.
 
-    The texts go first (a repeated MessageSid fails there, before anything
-    else); on Postgres the texts, the evidence and the conversation go as one
-    statement (``statements.write``).
+    On SQLite the texts go first (a repeated MessageSid fails there, before
+    anything else is written); on Postgres the texts, the evidence and the
+    conversation go as one atomic statement (``statements.write``), which the
+    repeated MessageSid fails as a whole.
     """
     conn, conv, now = turn.conn, turn.conv, turn.now
     statements.write(

@@ -16,7 +16,8 @@ What SQLAlchemy would do on the way is kept:
   rewrites ``%(name)s`` into ``$1`` on every execution, and does not keep the
   rewritten form of a statement of more than 50 parameters, such as the turn's
   multi-row INSERTs, whose rewriting then cost more than the rest of the
-  statement's client side;
+  statement's client side (a ``cursor_factory`` given in the engine's
+  ``connect_args`` is therefore not used for them);
 - ``before_cursor_execute`` listeners see every statement with its parameters
   (fault injection and statement counts in the tests rely on it); they get no
   execution context, and ``after_cursor_execute`` is not sent, so the app
@@ -121,8 +122,13 @@ def _numbered(dialect):
     if numbered is None:
         numbered = copy.copy(dialect)
         numbered.paramstyle, numbered.positional = "numeric_dollar", True
-        # Its own quoting too: pyformat's doubles every % of the SQL, numbered ones keep it.
+        # Its own quoting and type compiler, and no shared memos of type processors
+        # (a string literal's doubles its % for pyformat only): nothing it builds
+        # is reused by the engine's dialect, or the other way round.
         numbered.identifier_preparer = numbered.preparer(numbered)
+        numbered.__dict__.pop("_type_memos", None)
+        compiler = type(dialect.type_compiler_instance)(numbered)
+        numbered.type_compiler_instance = numbered.type_compiler = compiler
         _NUMBERED[dialect] = numbered
     return numbered
 
@@ -191,23 +197,29 @@ class Statement:
         return self._cached(dialect, ("rows", keys, count), build)
 
     def with_inserts(self, dialect, keys: tuple, inserts: tuple) -> _Compiled:
-        """This statement, preceded in the same statement by INSERTs of rows as
-        data-modifying ``WITH`` queries (Postgres); ``inserts`` names each one's
-        Statement, columns and row count."""
+        """This UPDATE, with INSERTs of rows as data-modifying ``WITH`` queries of it
+        (Postgres); ``inserts`` names each one's Statement, columns and row count.
+
+        Each part gets binds of its own (``set_state``, ``w0_ref_1``), so what one
+        part is given never shapes another's columns.
+        """
 
         def build() -> _Compiled:
-            ctes, names = [], []
+            ctes = []
             for i, (insert, columns, count) in enumerate(inserts):
                 table = insert.statement.table
-                rows = []
-                for n in range(count):
-                    row = {}
-                    for key in columns:
-                        row[key] = bindparam(f"w{i}_{key}_{n}", type_=table.c[key].type)
-                        names.append(f"w{i}_{key}_{n}")
-                    rows.append(row)
+                rows = [
+                    {key: bindparam(f"w{i}_{key}_{n}", type_=table.c[key].type) for key in columns}
+                    for n in range(count)
+                ]
                 ctes.append(insert.statement.values(rows).cte(f"w{i}"))
-            return _Compiled(self.statement.add_cte(*ctes), dialect, keys + tuple(names))
+            table = self.statement.table
+            own = {
+                key: bindparam(f"set_{key}", type_=table.c[key].type)
+                for key in keys
+                if key in table.c
+            }
+            return _Compiled(self.statement.values(own).add_cte(*ctes), dialect, None)
 
         return self._cached(dialect, ("with", keys, inserts), build)
 
@@ -273,12 +285,14 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
 
 
 def write(conn: Connection, inserts: list[tuple[Statement, list[dict]]], last, values: dict):
-    """INSERTs of rows, then one more statement (``last``, with ``values``), as one write.
+    """INSERTs of rows and an UPDATE (``last``, with ``values``), as one write.
 
     On Postgres that is one statement, each INSERT a data-modifying ``WITH`` query
-    of the last: one round trip for all (the database runs them all, and checks
-    their constraints when the statement ends). SQLite has no INSERT in ``WITH``:
-    there they run one after another, as ``execute`` runs them; so do INSERTs of
+    of the UPDATE: one round trip for all. The statement is atomic: Postgres runs
+    every part (in an order of its own: the UPDATE first), a unique index fails it
+    as it fails a single INSERT, and foreign keys are checked when it ends.
+    SQLite has no INSERT in ``WITH``: there the INSERTs run one after another
+    and then the UPDATE, as ``execute`` runs them; so they do when a table has
     more than ROWS_PER_INSERT rows (a YES releasing many held texts), which
     bounds the parameters of one statement and the forms compiled.
     """
@@ -289,11 +303,14 @@ def write(conn: Connection, inserts: list[tuple[Statement, list[dict]]], last, v
             execute(conn, statement, rows)
         execute(conn, last, values)
         return
-    shapes = tuple((statement, tuple(rows[0]), len(rows)) for statement, rows in inserts)
-    compiled = last.with_inserts(conn.dialect, tuple(values), shapes)
+    # Columns sorted: one compiled form whatever order a caller built its rows in.
+    shapes = tuple((statement, tuple(sorted(rows[0])), len(rows)) for statement, rows in inserts)
+    keys = tuple(sorted(values))
+    compiled = last.with_inserts(conn.dialect, keys, shapes)
+    columns = last.statement.table.c
 
     def parameters():
-        named = dict(values)
+        named = {f"set_{key}" if key in columns else key: value for key, value in values.items()}
         for i, (_statement, rows) in enumerate(inserts):
             for n, row in enumerate(rows):
                 for key, value in row.items():

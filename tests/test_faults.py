@@ -66,6 +66,29 @@ def test_failure_inside_the_transaction_answers_503_and_writes_nothing(
     assert counts(app)[1] == 3
 
 
+def test_failure_releasing_held_texts_answers_503_and_writes_nothing(
+    app, twilio, employee, fail_on
+):
+    """The held texts' UPDATE comes after the turn's other writes: failing it keeps none."""
+
+    def held() -> int:
+        with app.app_context():
+            query = select(func.count()).select_from(Message).where(Message.disposition == "held")
+            return db.session.execute(query).scalar()
+
+    assert twilio.sms(CONTACT, "Hello")  # held; the consent request goes out
+    assert twilio.sms(CONTACT, "Still there?") == []  # held too
+    before = counts(app)
+    assert held() == 2
+    fail_on["prefix"] = "UPDATE MESSAGES"
+    params = {"MessageSid": "SM" + "8" * 32, "From": CONTACT, "To": LINE, "Body": "YES"}
+    assert twilio.post("/twilio/sms", params).status_code == 503
+    assert fail_on["prefix"] is None  # the failure really happened
+    assert counts(app) == before and held() == 2
+    assert twilio.post("/twilio/sms", params).status_code == 200
+    assert held() == 0
+
+
 def test_healthz_tells_the_truth_when_the_database_is_down(app, client, fail_on):
     fail_on["prefix"] = "SELECT 1"
     response = client.get("/healthz")
