@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 from bench import common
-from bench.load import summarize
-from bench.run import one_round, pooled, ratio, round_line
+from bench.run import one_round, per_request, pooled, ratio, run_rounds
 
 
 def _commit(tree: Path) -> str:
@@ -121,35 +120,16 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
             for i, server in enumerate(servers.values()):  # warm-up, untimed
-                one_round(server, 300, args.concurrency, 30, 7, 5_000_000 + 100_000 * i, None)
+                one_round(server, 300, args.concurrency, 30, 7, 5_000_000 + 100_000 * i)
             schedule = []
             for _ in range(args.rounds):
                 for backend in backends:
                     schedule += ["bare", f"A-{backend}", f"B-{backend}"]
-            runs = {name: [] for name in servers}
-            cpu = {name: [0.0, 0.0, 0] for name in servers}
-            rounds = []
-            for i, name in enumerate(schedule):
-                run, server_cpu, pg_cpu = one_round(
-                    servers[name],
-                    args.requests,
-                    args.concurrency,
-                    args.time_cap,
-                    100 + i,
-                    100_000 * (i + 1),
-                    pg_names.get(name),
-                )
-                s = summarize(run)
-                runs[name].append(run)
-                cpu[name][0] += server_cpu
-                cpu[name][1] += pg_cpu
-                cpu[name][2] += s["requests"]
-                rounds.append({"target": name, **s})
-                print(round_line(i, len(schedule), name, s), flush=True)
+            runs, rounds = run_rounds(servers, schedule, args, pg_names)
         totals = {name: pooled(r) for name, r in runs.items()}
-        for name, (server_cpu, pg_cpu, n) in cpu.items():
-            totals[name]["server_cpu_us_per_request"] = round(server_cpu / max(n, 1) * 1e6)
-            totals[name]["postgres_cpu_us_per_request"] = round(pg_cpu / max(n, 1) * 1e6)
+        for name, total in totals.items():
+            for key in ("server_cpu_us_per_request", "postgres_cpu_us_per_request"):
+                total[key] = round(per_request(rounds, name, key))
         bare = totals["bare"]
         ratios = {}
         for backend in backends:

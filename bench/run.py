@@ -51,7 +51,7 @@ def prepare(database_url: str) -> float:
 
 
 def one_round(
-    server: common.Server, requests, concurrency, time_cap, seed, contact_base, pg_name=PG_NAME
+    server: common.Server, requests, concurrency, time_cap, seed, contact_base, pg_name=None
 ):
     """Sign a fresh workload (untimed), then send it; CPU of the servers is read from /proc
     (gunicorn's master and workers; the Postgres backends serving ``pg_name``, if any)."""
@@ -74,6 +74,46 @@ def round_line(index: int, count: int, name: str, s: dict) -> str:
         f"{s['throughput_rps']:8.1f} req/s  p50 {s['p50_ms']:7.2f}  "
         f"p99 {s['p99_ms']:7.2f} ms  non-200 {s['non_200']}"
     )
+
+
+def run_rounds(servers: dict, schedule: list[str], args, pg_names: dict[str, str]):
+    """The timed rounds, in the schedule's order: each target's runs, and each round's
+    summary with the CPU per request of its server and of the Postgres backends
+    serving ``pg_names[target]`` (if it has one)."""
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    rounds = []
+    for i, name in enumerate(schedule):
+        run, server_cpu, pg_cpu = one_round(
+            servers[name],
+            args.requests,
+            args.concurrency,
+            args.time_cap,
+            seed=100 + i,
+            contact_base=100_000 * (i + 1),
+            pg_name=pg_names.get(name),
+        )
+        runs[name].append(run)
+        s = summarize(run)
+        n = max(1, s["requests"])
+        rounds.append(
+            {
+                "index": i,
+                "target": name,
+                "loadavg": os.getloadavg(),
+                "server_cpu_us_per_request": round(server_cpu / n * 1e6, 1),
+                "postgres_cpu_us_per_request": round(pg_cpu / n * 1e6, 1),
+                **s,
+            }
+        )
+        print(round_line(i, len(schedule), name, s), flush=True)
+    return runs, rounds
+
+
+def per_request(rounds: list[dict], target: str, key: str) -> float:
+    """A per-request figure of ``target``'s rounds (``server_cpu_us_per_request``…), pooled."""
+    mine = [r for r in rounds if r["target"] == target]
+    n = max(1, sum(r["requests"] for r in mine))
+    return sum(r[key] * r["requests"] for r in mine) / n
 
 
 def pooled(runs: list[Run]) -> dict:
@@ -289,30 +329,8 @@ def main(argv=None) -> None:
             for _ in range(args.rounds):
                 for name in backends:
                     schedule += ["bare", name]
-            runs: dict[str, list[Run]] = {name: [] for name in servers}
-            rounds = []
-            for i, name in enumerate(schedule):
-                run, server_cpu, pg_cpu = one_round(
-                    servers[name],
-                    args.requests,
-                    args.concurrency,
-                    args.time_cap,
-                    seed=100 + i,
-                    contact_base=100_000 * (i + 1),
-                )
-                runs[name].append(run)
-                s = summarize(run)
-                n = max(1, s["requests"])
-                entry = {
-                    "index": i,
-                    "target": name,
-                    "loadavg": os.getloadavg(),
-                    "server_cpu_us_per_request": round(server_cpu / n * 1e6, 1),
-                    "postgres_cpu_us_per_request": round(pg_cpu / n * 1e6, 1),
-                    **s,
-                }
-                rounds.append(entry)
-                print(round_line(i, len(schedule), name, s))
+            pg_names = {"app-postgres": PG_NAME} if not args.no_postgres else {}
+            runs, rounds = run_rounds(servers, schedule, args, pg_names)
             report["schedule"] = schedule
             report["rounds"] = rounds
             report["totals"] = {name: pooled(r) for name, r in runs.items()}
@@ -365,10 +383,8 @@ def print_table(report: dict) -> None:
     print(header)
     print("-" * len(header))
     for name, total in report["totals"].items():
-        mine = [r for r in rows if r["target"] == name]
-        n = max(1, sum(r["requests"] for r in mine))
-        srv = sum(r["server_cpu_us_per_request"] * r["requests"] for r in mine) / n
-        gen = sum(r["generator_cpu_us_per_request"] * r["requests"] for r in mine) / n
+        srv = per_request(rows, name, "server_cpu_us_per_request")
+        gen = per_request(rows, name, "generator_cpu_us_per_request")
         print(
             f"{name:<13} {total['requests']:>8} {total['throughput_rps']:>8.1f} "
             f"{total['p50_ms']:>8.2f} {total['p90_ms']:>8.2f} {total['p99_ms']:>8.2f} "

@@ -186,11 +186,7 @@ class Statement:
         """This INSERT as one statement of ``count`` rows: VALUES (…), (…), …"""
 
         def build() -> _Compiled:
-            table = self.statement.table
-            rows = [
-                {key: bindparam(f"{key}_{n}", type_=table.c[key].type) for key in keys}
-                for n in range(count)
-            ]
+            rows = _row_binds(self.statement.table, keys, count)
             # .values() on the statement itself keeps its other clauses (ON CONFLICT …).
             return _Compiled(self.statement.values(rows), dialect, None)
 
@@ -200,28 +196,37 @@ class Statement:
         """This UPDATE, with INSERTs of rows as data-modifying ``WITH`` queries of it
         (Postgres); ``inserts`` names each one's Statement, columns and row count.
 
-        Each part gets binds of its own (``set_state``, ``w0_ref_1``), so what one
-        part is given never shapes another's columns.
+        Every part names its binds itself (the UPDATE's its columns, the INSERTs'
+        ``w0_ref_1``…), so what one part is given never shapes another's columns.
         """
 
         def build() -> _Compiled:
-            ctes = []
-            for i, (insert, columns, count) in enumerate(inserts):
-                table = insert.statement.table
-                rows = [
-                    {key: bindparam(f"w{i}_{key}_{n}", type_=table.c[key].type) for key in columns}
-                    for n in range(count)
-                ]
-                ctes.append(insert.statement.values(rows).cte(f"w{i}"))
+            ctes = [
+                insert.statement.values(_row_binds(insert.statement.table, columns, count, i)).cte(
+                    f"w{i}"
+                )
+                for i, (insert, columns, count) in enumerate(inserts)
+            ]
             table = self.statement.table
-            own = {
-                key: bindparam(f"set_{key}", type_=table.c[key].type)
-                for key in keys
-                if key in table.c
-            }
+            own = {key: bindparam(key, type_=table.c[key].type) for key in keys if key in table.c}
             return _Compiled(self.statement.values(own).add_cte(*ctes), dialect, None)
 
         return self._cached(dialect, ("with", keys, inserts), build)
+
+
+def _row_binds(table, keys: Sequence[str], count: int, part: int | None = None) -> list[dict]:
+    """``count`` rows of binds for ``keys``, named ``key_n`` (``wP_key_n`` in part P)."""
+    prefix = "" if part is None else f"w{part}_"
+    return [
+        {key: bindparam(f"{prefix}{key}_{n}", type_=table.c[key].type) for key in keys}
+        for n in range(count)
+    ]
+
+
+def _row_values(rows: list[dict], part: int | None = None) -> dict[str, Any]:
+    """The values of ``rows`` under the names ``_row_binds`` gives their binds."""
+    prefix = "" if part is None else f"w{part}_"
+    return {f"{prefix}{key}_{n}": value for n, row in enumerate(rows) for key, value in row.items()}
 
 
 # Rows per multi-row INSERT on Postgres: bounds how many forms get compiled.
@@ -272,8 +277,7 @@ def execute(conn: Connection, statement: Statement, values: dict | list[dict]) -
             compiled = statement.rows_insert(conn.dialect, keys, len(chunk))
 
             def flat(compiled=compiled, chunk=chunk):
-                named = {f"{key}_{n}": row[key] for n, row in enumerate(chunk) for key in keys}
-                return compiled.parameters(named)
+                return compiled.parameters(_row_values(chunk))
 
             _run(conn, compiled, flat)
         return
@@ -297,24 +301,20 @@ def write(conn: Connection, inserts: list[tuple[Statement, list[dict]]], last, v
     bounds the parameters of one statement and the forms compiled.
     """
     inserts = [(statement, rows) for statement, rows in inserts if rows]
-    together = conn.dialect.name == "postgresql" and inserts
-    if not together or any(len(rows) > ROWS_PER_INSERT for _, rows in inserts):
+    postgres = conn.dialect.name == "postgresql"
+    if not postgres or not inserts or any(len(rows) > ROWS_PER_INSERT for _, rows in inserts):
         for statement, rows in inserts:
             execute(conn, statement, rows)
         execute(conn, last, values)
         return
     # Columns sorted: one compiled form whatever order a caller built its rows in.
     shapes = tuple((statement, tuple(sorted(rows[0])), len(rows)) for statement, rows in inserts)
-    keys = tuple(sorted(values))
-    compiled = last.with_inserts(conn.dialect, keys, shapes)
-    columns = last.statement.table.c
+    compiled = last.with_inserts(conn.dialect, tuple(sorted(values)), shapes)
 
     def parameters():
-        named = {f"set_{key}" if key in columns else key: value for key, value in values.items()}
+        named = dict(values)
         for i, (_statement, rows) in enumerate(inserts):
-            for n, row in enumerate(rows):
-                for key, value in row.items():
-                    named[f"w{i}_{key}_{n}"] = value
+            named.update(_row_values(rows, i))
         return compiled.parameters(named)
 
     _run(conn, compiled, parameters)
