@@ -5,6 +5,7 @@ import logging
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Mapping
 
 from dotenv import load_dotenv
@@ -176,7 +177,11 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
 
         @event.listens_for(engine, "close")
         def _close(dbapi_connection, _record):
-            queue.release(dbapi_connection)
+            queue.forget(dbapi_connection)
+
+        @event.listens_for(engine, "close_detached")
+        def _close_detached(dbapi_connection):
+            queue.forget(dbapi_connection)
 
 
 def _driver(connection):
@@ -193,6 +198,12 @@ class WriterQueue:
     BEGIN IMMEDIATE gets what the queue left of it, and none once it ran out
     (the webhook then answers 503). A process that dies lets go of its lock with
     its file descriptors.
+
+    Each driver connection opens the lock file once and keeps it open until the
+    connection closes (``forget``): ``flock`` locks belong to an open file, so two
+    connections of one process (threads) still exclude each other, and a webhook
+    pays two ``flock`` calls, not an open and a close as well. A forked child
+    drops the files it inherited: they share their lock with the parent's.
     """
 
     # Copy the WAL into the database every this many commits of a process, once
@@ -203,8 +214,17 @@ class WriterQueue:
     def __init__(self, path: str, timeout_seconds: float):
         self.path = path
         self.timeout = timeout_seconds
-        self.held: dict[int, int] = {}  # id of the driver connection -> lock file descriptor
+        self.files: dict[int, int] = {}  # id of the driver connection -> its lock file descriptor
+        self.held: dict[int, int] = {}  # the same, for the connections holding the lock
         self.commits = 0
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (queue := ref()) and queue._forked())
+
+    def _forked(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)  # the child's copy; the parent's lock stays the parent's
+        self.files.clear()
+        self.held.clear()
 
     def acquire(self, dbapi_connection) -> float | None:
         """Take the lock; return the seconds waited, or None when the wait ran out.
@@ -215,12 +235,15 @@ class WriterQueue:
         key = id(_driver(dbapi_connection))
         if key in self.held:
             return 0.0
-        try:
-            # Read-only is enough for flock, so a file made by another user still works.
-            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            log.warning("writer queue unavailable (%s); SQLite's busy timeout applies", exc)
-            return 0.0
+        fd = self.files.get(key)
+        if fd is None:
+            try:
+                # Read-only is enough for flock, so a file made by another user still works.
+                fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                log.warning("writer queue unavailable (%s); SQLite's busy timeout applies", exc)
+                return 0.0
+            self.files[key] = fd
         pause, started = 0.00005, time.monotonic()
         while True:
             try:
@@ -228,7 +251,6 @@ class WriterQueue:
                 break
             except BlockingIOError:
                 if time.monotonic() - started >= self.timeout:
-                    os.close(fd)
                     return None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.001)
@@ -246,6 +268,17 @@ class WriterQueue:
 
     def release(self, dbapi_connection) -> None:
         fd = self.held.pop(id(_driver(dbapi_connection)), None)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:  # closing the file lets the lock go in any case
+                self.forget(dbapi_connection)
+
+    def forget(self, dbapi_connection) -> None:
+        """The connection is closing: let go of the lock and close its lock file."""
+        key = id(_driver(dbapi_connection))
+        self.held.pop(key, None)
+        fd = self.files.pop(key, None)
         if fd is not None:
             os.close(fd)
 

@@ -68,6 +68,62 @@ def test_a_writer_that_waited_past_the_timeout_goes_on_without_the_lock(tmp_path
     holder.release("a")
 
 
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_each_connection_opens_the_lock_file_once_and_connections_still_exclude(tmp_path):
+    path = str(tmp_path / "db.writer-lock")
+    queue = WriterQueue(path, 0.05)
+    a, b = object(), object()
+    queue.acquire(a)
+    queue.release(a)
+    before = _open_files()
+    for _ in range(50):
+        assert queue.acquire(a) is not None
+        assert not _free(path)
+        assert _open_files() == before  # the file opened the first time is the one locked
+        queue.release(a)
+        assert _free(path)
+    assert _open_files() == before
+    # A second connection of the same process has its own file, so its own lock.
+    queue.acquire(a)
+    assert queue.acquire(b) is None  # timed out: a holds the lock
+    queue.release(a)
+    assert queue.acquire(b) is not None
+    assert set(queue.held) == {id(b)}
+    queue.release(b)
+    queue.forget(a)
+    queue.forget(b)
+    assert queue.files == {} and _open_files() == before - 1
+
+
+def test_a_closing_connection_lets_go_of_the_lock_and_its_file(tmp_path):
+    path = str(tmp_path / "db.writer-lock")
+    queue = WriterQueue(path, 10)
+    queue.acquire("a")
+    assert not _free(path)
+    queue.forget("a")
+    assert _free(path)
+    assert queue.files == {} and queue.held == {}
+
+
+def test_a_forked_child_does_not_share_the_parents_lock(tmp_path):
+    path = str(tmp_path / "db.writer-lock")
+    queue = WriterQueue(path, 0.05)
+    queue.acquire("a")
+    pid = os.fork()
+    if pid == 0:  # the child: it must not think it holds the parent's lock
+        code = 0 if queue.files == {} and queue.acquire("a") is None else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not _free(path)  # the child's exit did not let the parent's lock go
+    queue.release("a")
+    assert _free(path)
+    queue.forget("a")
+
+
 def test_the_app_holds_the_lock_from_begin_to_commit_or_rollback(tmp_path):
     from support import migrate
 
