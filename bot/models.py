@@ -36,9 +36,9 @@ def new_ref() -> str:
     """A public, unguessable id for a message (used in status-callback URLs).
 
     Eleven hex digits of milliseconds since 1970, then 80 random bits: refs made
-    later sort later, so new rows go to the end of the indexes on ``messages.ref``
-    and ``attestations.message_ref`` instead of to random pages of them, which
-    keeps a webhook's inserts cheap when the log holds millions of entries.
+    later sort later, so new rows go to the end of the unique index on
+    ``messages.ref`` instead of to random pages of it, which keeps a webhook's
+    inserts cheap when the log holds millions of texts.
     """
     return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(10)}"
 
@@ -174,6 +174,15 @@ class Message(Timestamps, db.Model):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_id_disposition", "conversation_id", "disposition"),
+        # One text per Twilio SID. Only the texts that have one are indexed: the
+        # relay's own texts get theirs later, if ever, and no lookup asks for NULL.
+        Index(
+            "uq_messages_twilio_sid",
+            "twilio_sid",
+            unique=True,
+            sqlite_where=text("twilio_sid IS NOT NULL"),
+            postgresql_where=text("twilio_sid IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -188,7 +197,7 @@ class Message(Timestamps, db.Model):
     # For an employee's text that named its contact: the part to deliver.
     relay_body: Mapped[str | None] = mapped_column(Text)
     media_json: Mapped[str] = mapped_column(Text, default="[]")
-    twilio_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    twilio_sid: Mapped[str | None] = mapped_column(String(64))
     idempotency_token: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(24))
     error_code: Mapped[str | None] = mapped_column(String(16))
@@ -222,7 +231,7 @@ class Attestation(db.Model):
     seq: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[RecordKind] = mapped_column(_enum(RecordKind))
-    message_ref: Mapped[str | None] = mapped_column(String(32), index=True)
+    message_ref: Mapped[str | None] = mapped_column(String(32))
     direction: Mapped[Direction | None] = mapped_column(_enum(Direction))
     sender: Mapped[str | None] = mapped_column(String(255))
     recipient: Mapped[str | None] = mapped_column(String(255))
