@@ -56,6 +56,13 @@ class PortalSessionInterface(SecureCookieSessionInterface):
     def get_cookie_path(self, app) -> str:
         return "/"
 
+    def open_session(self, app, request):
+        # A request without cookies (every Twilio webhook) has no session to read:
+        # skip building the signing serializer, which Flask does first.
+        if app.secret_key and not request.environ.get("HTTP_COOKIE"):
+            return self.session_class()
+        return super().open_session(app, request)
+
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()

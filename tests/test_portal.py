@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from bot.extensions import db
 from bot.models import Admin, AdminSession, Attestation, Conversation, Employee, Message
-from support import CELL, CONTACT, Twilio, make_app
+from support import CELL, CONTACT, LINE, Twilio, make_app
 
 EMAIL, PASSWORD = "office@example.com", "correct horse battery"
 
@@ -166,6 +166,17 @@ def test_login_starts_a_new_session_with_safe_cookie(client, admin):
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
     assert client.get_cookie("consentline").value != (before.value if before else None)
+
+
+def test_a_webhook_opens_no_session_and_sets_no_cookie(twilio, employee, client, admin):
+    params = {"MessageSid": "SM" + "6" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+    response = twilio.post("/twilio/sms", params)
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers
+    assert "Cookie" not in response.headers.get("Vary", "")
+    # The same client's next page still gets a session, and signs in with it.
+    assert login(client).status_code == 302
+    assert client.get("/").status_code == 200
 
 
 def test_https_cookie_is_host_prefixed_and_secure(client, admin):
