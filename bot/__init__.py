@@ -1,5 +1,6 @@
 """ConsentLine: a consent gate in front of a small team's business text lines."""
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -221,10 +222,12 @@ class WriterQueue:
         os.register_at_fork(after_in_child=lambda: (queue := ref()) and queue._forked())
 
     def _forked(self) -> None:
-        for fd in self.files.values():
-            os.close(fd)  # the child's copy; the parent's lock stays the parent's
+        inherited = list(self.files.values())
         self.files.clear()
         self.held.clear()
+        for fd in inherited:  # the child's copies; the parent's lock stays the parent's
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def acquire(self, dbapi_connection) -> float | None:
         """Take the lock; return the seconds waited, or None when the wait ran out.
@@ -275,11 +278,19 @@ class WriterQueue:
                 self.forget(dbapi_connection)
 
     def forget(self, dbapi_connection) -> None:
-        """The connection is closing: let go of the lock and close its lock file."""
+        """The connection is closing: let go of the lock and close its lock file.
+
+        Unlocked first: closing alone would not let the lock go while another
+        copy of the file is open (a child forked meanwhile).
+        """
         key = id(_driver(dbapi_connection))
-        self.held.pop(key, None)
+        held = self.held.pop(key, None)
         fd = self.files.pop(key, None)
-        if fd is not None:
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            if held is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 

@@ -1,9 +1,15 @@
-"""The migrations build exactly the models' schema (``flask db check`` is clean)."""
+"""The migrations build exactly the models' schema (``flask db check`` is clean), and undo."""
 
+import os
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import create_engine, text
 
 from bot.extensions import db
+from support import BACKENDS, TEST_DATABASE_URL, make_app
 
 
 def test_models_and_migrations_agree(app):
@@ -15,3 +21,73 @@ def test_models_and_migrations_agree(app):
 def test_flask_db_check_is_clean(runner):
     result = runner.invoke(args=["db", "check"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(params=BACKENDS)
+def scratch_url(request, tmp_path):
+    """An empty database of each backend that this test alone migrates up and down."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/scratch.sqlite3"
+        return
+    from bot.config import database_url
+
+    server = create_engine(database_url(TEST_DATABASE_URL, ""), isolation_level="AUTOCOMMIT")
+    name = f"consentline_migrations_{os.getpid()}"
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield str(server.url.set(database=name).render_as_string(hide_password=False))
+    finally:
+        with server.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        server.dispose()
+
+
+def _indexes(conn) -> dict[str, str]:
+    """Index name -> definition, for the messages and attestations tables.
+
+    On SQLite a UNIQUE constraint is an automatic index without SQL of its own:
+    it is listed under the constraint's name when the table declares it.
+    """
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            text(
+                "SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE tablename IN ('messages', 'attestations')"
+            )
+        )
+        return dict(rows.all())
+    found = dict(
+        conn.execute(
+            text(
+                "SELECT name, COALESCE(sql, 'automatic') FROM sqlite_master"
+                " WHERE type = 'index' AND tbl_name IN ('messages', 'attestations')"
+            )
+        ).all()
+    )
+    table = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'messages'")).scalar()
+    if "CONSTRAINT uq_messages_twilio_sid UNIQUE" in table:
+        found["uq_messages_twilio_sid"] = "UNIQUE constraint"
+    return found
+
+
+def test_the_lean_indexes_migrate_up_and_down(scratch_url):
+    """0005 drops the unused message_ref index, 0006 makes the SID index partial; both undo."""
+    app = make_app(scratch_url)
+    with app.app_context():
+        upgrade()
+        with db.engine.connect() as conn:
+            lean = _indexes(conn)
+        assert "ix_attestations_message_ref" not in lean
+        sid = lean["uq_messages_twilio_sid"].replace("(", "").replace(")", "")
+        assert "UNIQUE" in sid and "WHERE twilio_sid IS NOT NULL" in sid
+        downgrade(revision="0004")
+        with db.engine.connect() as conn:
+            before = _indexes(conn)
+        assert "ix_attestations_message_ref" in before
+        assert "WHERE" not in before["uq_messages_twilio_sid"]
+        upgrade()
+        with db.engine.connect() as conn:
+            assert _indexes(conn) == lean
+        db.engine.dispose()

@@ -6,6 +6,7 @@ the next writer in as soon as the transaction ends (SQLite's busy handler
 would retry only after sleeps of up to 100 ms).
 """
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -68,8 +69,13 @@ def test_a_writer_that_waited_past_the_timeout_goes_on_without_the_lock(tmp_path
     holder.release("a")
 
 
-def _open_files() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _open_files(path: str) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            count += os.readlink(f"/proc/self/fd/{fd}") == path
+    return count
 
 
 def test_each_connection_opens_the_lock_file_once_and_connections_still_exclude(tmp_path):
@@ -78,14 +84,13 @@ def test_each_connection_opens_the_lock_file_once_and_connections_still_exclude(
     a, b = object(), object()
     queue.acquire(a)
     queue.release(a)
-    before = _open_files()
+    assert _open_files(path) == 1
     for _ in range(50):
         assert queue.acquire(a) is not None
         assert not _free(path)
-        assert _open_files() == before  # the file opened the first time is the one locked
+        assert _open_files(path) == 1  # the file opened the first time is the one locked
         queue.release(a)
         assert _free(path)
-    assert _open_files() == before
     # A second connection of the same process has its own file, so its own lock.
     queue.acquire(a)
     assert queue.acquire(b) is None  # timed out: a holds the lock
@@ -95,7 +100,7 @@ def test_each_connection_opens_the_lock_file_once_and_connections_still_exclude(
     queue.release(b)
     queue.forget(a)
     queue.forget(b)
-    assert queue.files == {} and _open_files() == before - 1
+    assert queue.files == {} and _open_files(path) == 0
 
 
 def test_a_closing_connection_lets_go_of_the_lock_and_its_file(tmp_path):
@@ -114,14 +119,40 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path):
     queue.acquire("a")
     pid = os.fork()
     if pid == 0:  # the child: it must not think it holds the parent's lock
-        code = 0 if queue.files == {} and queue.acquire("a") is None else 1
-        os._exit(code)
+        code = 1
+        try:
+            code = 0 if queue.files == {} and queue.acquire("a") is None else 1
+        finally:
+            os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert not _free(path)  # the child's exit did not let the parent's lock go
     queue.release("a")
     assert _free(path)
     queue.forget("a")
+
+
+def test_the_pool_closing_a_connection_closes_its_lock_file(tmp_path):
+    from support import migrate
+
+    url = f"sqlite:///{tmp_path}/app.sqlite3"
+    migrate(url)
+    app = make_app(url)
+    lock = f"{tmp_path}/app.sqlite3.writer-lock"
+    with app.app_context():
+        with db.engine.begin() as conn:
+            conn.execute(text("SELECT 1"))
+        assert _open_files(lock) == 1  # kept by the pooled connection
+        db.engine.dispose()  # the pool closes it
+        assert _open_files(lock) == 0
+        # A connection invalidated in the middle of a transaction lets the lock go.
+        conn = db.engine.connect()
+        conn.execute(text("SELECT 1"))  # BEGIN IMMEDIATE
+        assert not _free(lock)
+        conn.invalidate()
+        assert _free(lock) and _open_files(lock) == 0
+        conn.close()
+        db.engine.dispose()
 
 
 def test_the_app_holds_the_lock_from_begin_to_commit_or_rollback(tmp_path):
