@@ -190,6 +190,10 @@ def _driver(connection):
     return getattr(connection, "dbapi_connection", connection)
 
 
+# Every WriterQueue of the process, for the one fork hook below.
+_QUEUES: "weakref.WeakSet[WriterQueue]" = weakref.WeakSet()
+
+
 class WriterQueue:
     """One SQLite writer at a time across processes, handed over without delay.
 
@@ -218,8 +222,7 @@ class WriterQueue:
         self.files: dict[int, int] = {}  # id of the driver connection -> its lock file descriptor
         self.held: dict[int, int] = {}  # the same, for the connections holding the lock
         self.commits = 0
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (queue := ref()) and queue._forked())
+        _QUEUES.add(self)
 
     def _forked(self) -> None:
         inherited = list(self.files.values())
@@ -292,6 +295,9 @@ class WriterQueue:
             if held is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+os.register_at_fork(after_in_child=lambda: [queue._forked() for queue in list(_QUEUES)])
 
 
 def register_blueprints(app: Flask) -> None:

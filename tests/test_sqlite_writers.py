@@ -132,13 +132,17 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path):
     queue.forget("a")
 
 
-def test_the_pool_closing_a_connection_closes_its_lock_file(tmp_path):
+def _migrated_app(tmp_path, **overrides):
+    """The app on a migrated SQLite database in ``tmp_path``, and its writer-lock file."""
     from support import migrate
 
     url = f"sqlite:///{tmp_path}/app.sqlite3"
     migrate(url)
-    app = make_app(url)
-    lock = f"{tmp_path}/app.sqlite3.writer-lock"
+    return make_app(url, **overrides), f"{tmp_path}/app.sqlite3.writer-lock"
+
+
+def test_the_pool_closing_a_connection_closes_its_lock_file(tmp_path):
+    app, lock = _migrated_app(tmp_path)
     with app.app_context():
         with db.engine.begin() as conn:
             conn.execute(text("SELECT 1"))
@@ -156,12 +160,7 @@ def test_the_pool_closing_a_connection_closes_its_lock_file(tmp_path):
 
 
 def test_the_app_holds_the_lock_from_begin_to_commit_or_rollback(tmp_path):
-    from support import migrate
-
-    url = f"sqlite:///{tmp_path}/app.sqlite3"
-    migrate(url)
-    app = make_app(url)
-    lock = f"{tmp_path}/app.sqlite3.writer-lock"
+    app, lock = _migrated_app(tmp_path)
     with app.app_context():
         db.session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE
         assert not _free(lock)
@@ -193,12 +192,10 @@ def test_the_queue_and_sqlite_share_one_busy_timeout(tmp_path):
     """Both locks held elsewhere: the webhook answers 503 after one timeout, not two."""
     import sqlite3
 
-    from support import CONTACT, LINE, Twilio, migrate
+    from support import CONTACT, LINE, Twilio
 
-    url = f"sqlite:///{tmp_path}/app.sqlite3"
-    migrate(url)
-    app = make_app(url, DATABASE_BUSY_TIMEOUT="1")
-    other = WriterQueue(f"{tmp_path}/app.sqlite3.writer-lock", 10)
+    app, lock = _migrated_app(tmp_path, DATABASE_BUSY_TIMEOUT="1")
+    other = WriterQueue(lock, 10)
     other.acquire("outsider")
     blocker = sqlite3.connect(f"{tmp_path}/app.sqlite3", isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
