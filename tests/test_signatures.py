@@ -3,11 +3,15 @@
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
+from werkzeug.datastructures import MultiDict
 
 from bot.extensions import db
 from bot.models import Attestation, Conversation, Message
+from bot.webhooks import signature_matches
 from support import CONTACT, LINE, TOKEN, Twilio
 
 PARAMS = {"MessageSid": "SM" + "1" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
@@ -107,3 +111,70 @@ def test_validation_can_be_switched_off_with_a_warning(database_url, client, emp
         make_app(database_url, TWILIO_VALIDATE_SIGNATURE="false")
     assert any("without a signature" in r.message for r in caplog.records)
     assert client.post("/twilio/sms", data=PARAMS).status_code == 200
+
+
+# -- the app's check answers exactly what the library's validate() answers ---------
+
+_URLS = st.sampled_from(
+    [
+        "https://bot.example.com/twilio/sms",
+        "https://bot.example.com:443/twilio/sms",
+        "https://bot.example.com:8443/twilio/sms",
+        "http://localhost/twilio/status?ref=abc",
+        "http://localhost:80/twilio/status?ref=a%20b",
+        "https://bot.example.com/twilio/sms?",
+        "https://bot.example.com/twilio/sms#rc=5",
+        "https://BOT.example.com/twilio/sms?bodySHA256=abc",
+        "https://bot.example.com//twilio/sms",
+    ]
+)
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    url=_URLS,
+    signed_url=_URLS,
+    pairs=st.lists(st.tuples(st.sampled_from(["Body", "From", "To", "X"]), _TEXT), max_size=6),
+    tamper=st.sampled_from(["none", "token", "pairs", "header", "latin1", "empty"]),
+    algorithm=st.sampled_from([None, "HMAC-SHA1", "HMAC-SHA256", "hmac-sha256", "MD5"]),
+)
+def test_the_check_agrees_with_the_librarys_validate(url, signed_url, pairs, tamper, algorithm):
+    form = MultiDict(pairs)
+    signer = RequestValidator("other" if tamper == "token" else TOKEN)
+    try:
+        signature = signer.compute_signature(signed_url, form, algorithm)
+    except ValueError:  # an algorithm the library does not know
+        signature = "bm90IGEgc2lnbmF0dXJl"
+    if tamper == "pairs":
+        form = MultiDict([*pairs, ("Body", "added")])
+    elif tamper == "header":
+        signature = signature[:-2] + ("A=" if signature[-2:] != "A=" else "B=")
+    elif tamper == "latin1":
+        signature = signature + "é"
+    elif tamper == "empty":
+        signature = ""
+    expected = RequestValidator(TOKEN).validate(url, form, signature, algorithm)
+    assert signature_matches(TOKEN, url, form, signature, algorithm) is expected
+
+
+def test_the_check_accepts_in_one_hmac_and_refuses_as_validate_does(monkeypatch):
+    url, form = "https://bot.example.com/twilio/sms", MultiDict(PARAMS)
+    good = sign(url, PARAMS)
+    signed_with_port = sign("https://bot.example.com:443/twilio/sms", PARAMS)
+    computed = []
+    original = RequestValidator.compute_signature
+
+    def counting(self, uri, params, algorithm=None):
+        computed.append(uri)
+        return original(self, uri, params, algorithm)
+
+    monkeypatch.setattr(RequestValidator, "compute_signature", counting)
+    assert signature_matches(TOKEN, url, form, good, None) is True
+    assert computed == [url]
+    computed.clear()
+    assert signature_matches(TOKEN, url, form, signed_with_port, None) is True
+    assert computed == [url, url, "https://bot.example.com:443/twilio/sms"]
+    computed.clear()
+    assert signature_matches(TOKEN, url, form, "bm90IGEgc2lnbmF0dXJl", None) is False
+    assert len(computed) == 3
