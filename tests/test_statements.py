@@ -174,3 +174,61 @@ def test_each_time_is_formatted_once_and_as_itself():
     assert calls == [first, equal, later, None]
     # The app's UTC datetime columns get the same treatment.
     assert statements._is_datetime(Conversation.__table__.c.updated_at.type)
+
+
+def _reference_parameters(compiled, dialect, table, values):
+    """Each bind's value through its column type's own processor, as SQLAlchemy sends it."""
+    out = []
+    for _name, key, _proc, fixed in compiled.binds:
+        if key is None:
+            out.append(fixed)
+            continue
+        proc = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+        out.append(values[key] if proc is None else proc(values[key]))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_parameters_are_what_the_column_types_make_of_the_values(dialect):
+    """The written-out parameter function, its memoised enums and booleans included."""
+    from datetime import UTC, datetime
+
+    from bot.consent import Role
+    from bot.models import Disposition, RecordKind
+
+    table = Message.__table__
+    keys = tuple(c.key for c in table.columns if c.key != "id")
+    compiled = statements.Statement(insert(table)).compiled(dialect, keys)
+    now = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    base = dict.fromkeys(keys) | {"ref": "r", "conversation_id": 1, "body": "b", "media_json": "[]"}
+    base |= {"status": "received", "created_at": now, "updated_at": now}
+    rows = [
+        base | {"direction": Direction.INBOUND, "author": Role.CONTACT, "hint": True},
+        base | {"direction": "outbound", "author": None, "hint": 1, "recovered": False},
+        base | {"direction": Direction.OUTBOUND, "disposition": Disposition.HELD, "hint": 0},
+        base | {"direction": "inbound", "disposition": "released", "signature_valid": None},
+        base | {"direction": Direction.INBOUND, "author": Role.EMPLOYEE, "hint": True},  # again
+    ]
+    for row in rows:
+        expected = _reference_parameters(compiled, dialect, table, row)
+        assert compiled.parameters(row) == expected
+        assert [type(v) for v in compiled.parameters(row)] == [type(v) for v in expected]
+    # An enum value the column does not know is refused, as SQLAlchemy refuses it,
+    # and never remembered.
+    entries = statements.Statement(insert(Attestation.__table__))
+    akeys = tuple(c.key for c in Attestation.__table__.columns if c.key != "id")
+    acompiled = entries.compiled(dialect, akeys)
+    bad = dict.fromkeys(akeys) | {"kind": RecordKind.MESSAGE, "direction": Direction.INBOUND}
+    acompiled.parameters(bad)
+    with pytest.raises(LookupError):
+        acompiled.parameters(bad | {"direction": 7})
+    with pytest.raises(LookupError):
+        acompiled.parameters(bad | {"direction": 7})
+
+
+def test_a_memoised_processor_keeps_a_bounded_number_of_answers():
+    seen = []
+    memo = statements._Memo(lambda v: seen.append(v) or f"<{v}>")
+    assert [memo(n) for n in range(100)] == [f"<{n}>" for n in range(100)]
+    assert len(memo.known) == statements._Memo.LIMIT
+    assert memo.known[3] == "<3>" and 99 not in memo.known
