@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import operator
 import os
 import sys
 from collections.abc import Iterator
@@ -64,8 +65,19 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-# One encoder for every entry (json.dumps would build one per call).
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+def _not_plain(value: Any) -> Any:
+    """What the encoder writes for a value JSON has no form for: a time's or enum's text.
+
+    A str or int, an enum of them (``StrEnum``) included, is written by the encoder
+    itself as the str or int it is, which is its canonical form already."""
+    if isinstance(value, datetime | Enum):
+        return _canonical(value)
+    raise TypeError(f"{type(value).__name__} is not an evidence value")
+
+
+# One encoder for every entry (json.dumps would build one per call); its C
+# implementation asks ``_not_plain`` only about times and non-str enums.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_not_plain).encode
 
 
 def _seal(prev_hash: str, payload: list[Any]) -> str:
@@ -73,15 +85,12 @@ def _seal(prev_hash: str, payload: list[Any]) -> str:
     return hashlib.sha256((prev_hash + _ENCODE(payload)).encode()).hexdigest()
 
 
-# Values that are their own canonical form (the JSON of a str, int, bool or None).
-_AS_IS = frozenset((str, int, bool, type(None)))
-
-
 def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the entry's canonical JSON."""
-    fields = [values.get(name) for name in HASHED]
-    canonical = [v if v.__class__ in _AS_IS else _canonical(v) for v in fields]
-    return _seal(prev_hash, [line, contact, *canonical])
+    return _seal(prev_hash, [line, contact, *(values.get(name) for name in HASHED)])
+
+
+_HASHED_VALUES = operator.itemgetter(*HASHED)
 
 
 _HASHED_NAMES = frozenset(HASHED)
@@ -103,7 +112,7 @@ def entry(chain: Any, **fields: Any) -> dict[str, Any]:
     values = dict.fromkeys(HASHED)
     values.update(fields)
     values["seq"] = seq
-    sealed = digest(chain.line, chain.contact, chain.chain_head, values)
+    sealed = _seal(chain.chain_head, [chain.line, chain.contact, *_HASHED_VALUES(values)])
     row = values | {"conversation_id": chain.id, "prev_hash": chain.chain_head, "hash": sealed}
     chain.chain_head = sealed
     chain.chain_length = seq

@@ -1,7 +1,10 @@
 """SPEC §10: every text and consent event chained per conversation; verify finds tampering."""
 
 import csv
+import hashlib
 import itertools
+import json
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import delete, func, select, text, update
@@ -316,3 +319,53 @@ def test_times_hash_in_the_form_existing_chains_were_sealed_with():
     for moment in moments:
         assert _canonical(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert _canonical(moments[3]) == "2026-06-01T16:00:00.000005Z"
+
+
+def test_the_canonical_form_of_an_entry_does_not_drift():
+    """Hashes of stored chains must verify forever: these were computed by the encoding
+    every earlier release used (times in UTC with microseconds and Z, enums as their
+    values, JSON without ASCII escapes or spaces)."""
+    from datetime import timedelta, timezone
+    from types import SimpleNamespace
+
+    from bot.consent import Event, Mode, State
+    from bot.models import Direction
+
+    values = dict.fromkeys(evidence.HASHED) | {
+        "seq": 7,
+        "created_at": datetime(2026, 12, 1, 9, 30, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+        "kind": RecordKind.CONSENT,
+        "direction": Direction.INBOUND,
+        "body": 'Oui, "d\'accord" é😀\n<&>',
+        "event": Event.OPTED_IN,
+        "mode": Mode.CONSENT,
+        "state": State.PENDING,
+        "signature_valid": True,
+    }
+    line, contact = "+15550002222", "whatsapp:+15550001111"
+    assert evidence.digest(line, "whatsapp:+15550001111", "ab" * 32, values) == (
+        "f67cca561f87f37e57a5d6bbe84fd7a8eebd3dd6120280edc8263e0a5a277e8c"
+    )
+    # The same, spelled out: the JSON of the canonical values, after the previous hash.
+    canonical = [line, contact] + [
+        values[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if name == "created_at"
+        else values[name].value
+        if hasattr(values[name], "value")
+        else values[name]
+        for name in evidence.HASHED
+    ]
+    text = "ab" * 32 + json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))
+    assert hashlib.sha256(text.encode()).hexdigest() == evidence.digest(
+        line, contact, "ab" * 32, values
+    )
+    chain = SimpleNamespace(
+        id=1, line="+15550002222", contact="+15550001111", chain_head="0" * 64, chain_length=4
+    )
+    fields = {k: v for k, v in values.items() if v is not None and k != "seq"}
+    row = evidence.entry(chain, **fields)
+    assert row["seq"] == 5 and row["prev_hash"] == "0" * 64
+    assert row["hash"] == "88a0a97460ba08782c63a28bcc44013ee1b8ef6812a849be73fb42485627c2db"
+    assert chain.chain_head == row["hash"] and chain.chain_length == 5
+    with pytest.raises(TypeError, match="not an evidence value"):
+        evidence.digest(line, contact, "0" * 64, values | {"note": object()})
