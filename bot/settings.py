@@ -4,7 +4,9 @@ Settings saved here (CLI or portal) win over the environment's defaults and are
 read afresh for every message, so a change applies from the next one on.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from flask import current_app
 from sqlalchemy import delete, select
@@ -26,7 +28,7 @@ class SettingError(ValueError):
 class Settings:
     company_name: str
     default_mode: Mode
-    texts: dict[str, str]
+    texts: Mapping[str, str]  # read-only: one Settings may serve many webhooks
     saved: frozenset[str]
 
     def text(self, key: str) -> str:
@@ -38,9 +40,26 @@ def current() -> Settings:
     return from_saved(dict(db.session.execute(select(Setting.key, Setting.value)).all()))
 
 
+# The last answer of from_saved, for the same defaults and saved rows: a
+# webhook reads the saved rows every time (a change applies from the next
+# message on), and they are almost always what the previous one read.
+_last: tuple = (None, None, None)
+
+
 def from_saved(saved: dict[str, str]) -> Settings:
     """The settings that ``saved`` (key → value, as stored) puts in force."""
+    global _last
     config = current_app.config
+    defaults = (config["COMPANY_NAME"], config["OPT_IN_MODE"])
+    last_defaults, last_saved, last = _last
+    if defaults == last_defaults and saved == last_saved:
+        return last
+    last = _from_saved(config, saved)
+    _last = (defaults, dict(saved), last)
+    return last
+
+
+def _from_saved(config, saved: dict[str, str]) -> Settings:
     merged = dict(texts.DEFAULTS)
     for key, value in saved.items():
         if key.startswith(TEXT_PREFIX) and key[len(TEXT_PREFIX) :] in merged:
@@ -49,7 +68,7 @@ def from_saved(saved: dict[str, str]) -> Settings:
     return Settings(
         company_name=saved.get("company_name", config["COMPANY_NAME"]),
         default_mode=Mode(mode) if mode in Mode.__members__.values() else config["OPT_IN_MODE"],
-        texts=merged,
+        texts=MappingProxyType(merged),
         saved=frozenset(saved),
     )
 
