@@ -9,12 +9,24 @@ import contextlib
 import json
 import logging
 import re
+from collections import namedtuple
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import Connection, bindparam, insert, null, select, union_all, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    bindparam,
+    cast,
+    insert,
+    literal_column,
+    null,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -189,6 +201,31 @@ _EMPLOYEE_COLUMNS = (
 )
 _SETTINGS = Setting.__table__
 
+
+def _no(columns) -> list:
+    """NULLs standing for ``columns`` in one part of a UNION, of their types (Postgres
+    takes two untyped NULLs for text; the rows come back through the columns'
+    result processors)."""
+    return [cast(null(), c.type).label(f"{c.table.name}_{c.key}") for c in columns]
+
+
+def _part(n: int):
+    return literal_column(str(n), Integer)
+
+
+_NO_SETTING = _no((_SETTINGS.c.key, _SETTINGS.c.value))
+# The conversation (line, contact), locked until the transaction ends (Postgres;
+# SQLite's BEGIN IMMEDIATE has locked the database already).
+_LOCKED = (
+    select(*_CONV_COLUMNS)
+    .where(
+        _CONVERSATIONS.c.line == bindparam("line"),
+        _CONVERSATIONS.c.contact == bindparam("contact"),
+    )
+    .with_for_update()
+    .cte("locked")
+)
+
 _CORE = {
     # The line's active employee and the organisation's saved settings, in one read:
     # a row (employee, NULL, NULL) if the line is active, a row (NULLs, key, value)
@@ -198,6 +235,24 @@ _CORE = {
             _EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)
         ),
         select(*(null() for _ in _EMPLOYEE_COLUMNS), _SETTINGS.c.key, _SETTINGS.c.value),
+    ),
+    # The same, and the conversation of (line, contact) locked if there is one: the
+    # first read of a webhook (see ``_line_and_conversation``).
+    "line_and_conversation": union_all(
+        select(
+            _part(0).label("part"),
+            *_EMPLOYEE_COLUMNS,
+            *_NO_SETTING,
+            *_no(_CONV_COLUMNS),
+        ).where(_EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)),
+        select(
+            _part(1),
+            *_no(_EMPLOYEE_COLUMNS),
+            _SETTINGS.c.key,
+            _SETTINGS.c.value,
+            *_no(_CONV_COLUMNS),
+        ),
+        select(_part(2), *_no(_EMPLOYEE_COLUMNS), *_NO_SETTING, *_LOCKED.c),
     ),
     "lock_employee": select(_EMPLOYEES.c.id)
     .where(_EMPLOYEES.c.id == bindparam("employee_id"))
@@ -521,19 +576,45 @@ def _line(conn: Connection, line: str) -> tuple[tuple | None, org_settings.Setti
     return employee, org_settings.from_saved(saved)
 
 
+_LineEmployee = namedtuple("_LineEmployee", [c.key for c in _EMPLOYEE_COLUMNS])
+_EMPLOYEE_PART = slice(1, 1 + len(_EMPLOYEE_COLUMNS))
+_CONV_PART = slice(3 + len(_EMPLOYEE_COLUMNS), None)
+
+
+def _line_and_conversation(conn: Connection, line: str, contact: str):
+    """``_line``, and the conversation of (line, contact) locked, if it exists: one read.
+
+    On Postgres the conversation of a text is locked before anyone knows whether
+    its sender is the line's employee; an employee text then locks the line's own
+    (control) conversation first, the employee next and the contact's conversation
+    last, always in that order, so employee texts of one line queue on it rather
+    than deadlock.
+    """
+    employee, saved, conv = None, {}, None
+    for row in _fetch(conn, "line_and_conversation", {"line": line, "contact": contact}):
+        if row.part == 0:
+            employee = _LineEmployee._make(row[_EMPLOYEE_PART])
+        elif row.part == 1:
+            saved[row.settings_key] = row.settings_value
+        else:
+            conv = Conv(*row[_CONV_PART])
+    return employee, org_settings.from_saved(saved), conv
+
+
 def _route(conn: Connection, inbound: Inbound, now: datetime, status_base: str) -> str:
-    employee, settings = _line(conn, phones.bare(inbound.to))
+    line = phones.bare(inbound.to)
+    employee, settings, conv = _line_and_conversation(conn, line, inbound.sender)
     if employee is None:
-        return _unrouted(conn, inbound, settings, now)
+        return _unrouted(conn, inbound, settings, now, conv)
     if phones.bare(inbound.sender) == employee.cell:
         return _from_employee(conn, inbound, employee, settings, now, status_base)
-    return _from_contact(conn, inbound, employee, settings, now, status_base)
+    return _from_contact(conn, inbound, employee, settings, now, status_base, conv)
 
 
-def _unrouted(conn: Connection, inbound: Inbound, settings, now: datetime) -> str:
+def _unrouted(conn: Connection, inbound: Inbound, settings, now: datetime, conv) -> str:
     """A ``To`` that is no active line: keep the text, answer nothing."""
     log.warning("text to a number that is no line", extra={"to": inbound.to, "sid": inbound.sid})
-    conv = _lock(conn, phones.bare(inbound.to), inbound.sender, now)
+    conv = conv or _lock(conn, phones.bare(inbound.to), inbound.sender, now)
     turn = _Turn(conn, inbound, now, settings, None, conv)
     _record_inbound(turn, Role.CONTACT, Disposition.UNROUTED, answer=twiml.EMPTY)
     decision = consent.unrouted(conv.facts, keywords.classify(inbound.body, inbound.opt_out_type))
@@ -542,8 +623,8 @@ def _unrouted(conn: Connection, inbound: Inbound, settings, now: datetime) -> st
     return twiml.EMPTY
 
 
-def _from_contact(conn, inbound: Inbound, employee: tuple, settings, now, status_base: str) -> str:
-    conv = _lock(conn, employee.line, inbound.sender, now)
+def _from_contact(conn, inbound: Inbound, employee, settings, now, status_base: str, conv) -> str:
+    conv = conv or _lock(conn, employee.line, inbound.sender, now)
     turn = _Turn(conn, inbound, now, settings, employee, conv)
     policy = _policy(turn)
     classified = keywords.classify(inbound.body, inbound.opt_out_type)

@@ -12,10 +12,10 @@ import requests
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from bot import texts
+from bot import evidence, texts
 from bot.extensions import db
 from bot.models import Disposition, Message
-from support import CELL, CONTACT, LINE, TOKEN, gunicorn, parse_twiml
+from support import CELL, CONTACT, LINE, OTHER, TOKEN, gunicorn, parse_twiml
 
 ALICE = {"employee_name": "Alice"}
 WORKERS = 4
@@ -29,17 +29,20 @@ def server(database_url, employee):
         yield base
 
 
-def post_all(base: str, bodies: list[str], tag: str) -> list:
-    """POST one signed webhook per body, all released at the same instant."""
+def post_all(base: str, bodies: list, tag: str) -> list:
+    """POST one signed webhook per body, all released at the same instant.
+
+    A body is the contact's text, or a (sender, body) pair."""
     validator = RequestValidator(TOKEN)
     url = base + "/twilio/sms"
     barrier = threading.Barrier(len(bodies))
     answers: list = [None] * len(bodies)
 
-    def send(i: int, body: str) -> None:
+    def send(i: int, body) -> None:
+        sender, body = body if isinstance(body, tuple) else (CONTACT, body)
         params = {
             "MessageSid": "SM" + uuid.uuid4().hex,
-            "From": CONTACT,
+            "From": sender,
             "To": LINE,
             "Body": body,
         }
@@ -82,3 +85,66 @@ def test_thirty_first_messages_at_once_prompt_once_and_release_once(app, server)
     # A second YES releases nothing more.
     [(_, again)] = post_all(server, ["YES"], "yes2")
     assert [m.body for m in again] == [f"{CONTACT}: YES"]
+
+
+@pytest.mark.slow
+def test_contact_and_employee_texts_at_once_all_go_through_in_one_order(app, server):
+    """The first read locks the sender's conversation before the employee is known:
+    contact texts, employee texts to that contact and employee commands (which use
+    the line's own conversation) arriving together must neither deadlock nor lose
+    a text, and every relay goes out once."""
+    [(status, _)] = post_all(server, ["Hi"], "start")
+    [(status, _)] = post_all(server, ["YES"], "yes")
+    assert status == 200
+    burst = []
+    for i in range(BURST // 3):
+        burst += [f"contact {i}", (CELL, f"{CONTACT} employee {i}"), (CELL, "#help")]
+    answers = post_all(server, burst, "mixed")
+    assert [status for status, _ in answers] == [200] * len(burst)
+    sent = [m for _, messages in answers for m in messages]
+    to_employee = sorted(m.body for m in sent if m.to == CELL)
+    to_contact = sorted(m.body for m in sent if m.to == CONTACT)
+    assert to_employee == sorted(f"{CONTACT}: contact {i}" for i in range(BURST // 3))
+    assert to_contact == sorted(f"employee {i}" for i in range(BURST // 3))
+    helps = [m for m in sent if m.to is None]
+    assert len(helps) == BURST // 3 and {m.body for m in helps} == {texts.USAGE}
+    with app.app_context():
+        assert evidence.verify().ok
+        received = db.session.execute(
+            select(func.count()).select_from(Message).where(Message.direction == "inbound")
+        ).scalar()
+    assert received == 2 + len(burst)
+
+
+def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio, employee):
+    """Postgres: the read of the line, the settings and the conversation holds that
+    conversation's row lock until the transaction ends; another contact's is free.
+    SQLite: the transaction already holds the database's write lock."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from bot import relay
+
+    twilio.sms(CONTACT, "Hi")
+    twilio.sms(OTHER, "Hi")
+    with app.app_context():
+        engine = db.engine
+        postgres = engine.dialect.name == "postgresql"
+        with engine.begin() as first:
+            _, _, conv = relay._line_and_conversation(first, LINE, CONTACT)
+            assert conv is not None and conv.contact == CONTACT
+            with engine.connect() as second:
+                if postgres:
+                    second.execute(text("SET lock_timeout = '200ms'"))
+                    with pytest.raises(OperationalError, match="lock"):
+                        relay._line_and_conversation(second, LINE, CONTACT)
+                    second.rollback()
+                    second.execute(text("SET lock_timeout = '200ms'"))
+                    _, _, other = relay._line_and_conversation(second, LINE, OTHER)
+                    assert other.contact == OTHER
+                    second.rollback()
+                else:
+                    driver = second.connection.driver_connection
+                    driver.execute("PRAGMA busy_timeout = 0")
+                    with pytest.raises(Exception, match="locked"):
+                        driver.execute("BEGIN IMMEDIATE")
