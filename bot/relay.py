@@ -215,14 +215,22 @@ def _part(n: int):
 
 _NO_SETTING = _no((_SETTINGS.c.key, _SETTINGS.c.value))
 # The conversation (line, contact), locked until the transaction ends (Postgres;
-# SQLite's BEGIN IMMEDIATE has locked the database already).
+# SQLite's BEGIN IMMEDIATE has locked the database already), unless the sender is
+# the line's active employee, whose texts lock the employee first (_from_employee).
 _LOCKED = (
     select(*_CONV_COLUMNS)
     .where(
         _CONVERSATIONS.c.line == bindparam("line"),
         _CONVERSATIONS.c.contact == bindparam("contact"),
+        ~select(_EMPLOYEES.c.id)
+        .where(
+            _EMPLOYEES.c.line == bindparam("line"),
+            _EMPLOYEES.c.active.is_(True),
+            _EMPLOYEES.c.cell == bindparam("sender"),
+        )
+        .exists(),
     )
-    .with_for_update()
+    .with_for_update(of=_CONVERSATIONS)
     .cte("locked")
 )
 
@@ -582,16 +590,18 @@ _CONV_PART = slice(3 + len(_EMPLOYEE_COLUMNS), None)
 
 
 def _line_and_conversation(conn: Connection, line: str, contact: str):
-    """``_line``, and the conversation of (line, contact) locked, if it exists: one read.
+    """``_line``, and the conversation of (line, contact) locked, if it exists and the
+    sender is not the line's active employee: one read.
 
-    On Postgres the conversation of a text is locked before anyone knows whether
-    its sender is the line's employee; an employee text then locks the line's own
-    (control) conversation first, the employee next and the contact's conversation
-    last, always in that order, so employee texts of one line queue on it rather
-    than deadlock.
+    An employee text gets no conversation here (and locks none): it locks the
+    employee first, then the conversation it is about, as it always has (one
+    order for every employee text of a line). Whether the sender is the employee
+    is decided in the same statement, on the same snapshot, as the caller's own
+    comparison of the row it returns.
     """
     employee, saved, conv = None, {}, None
-    for row in _fetch(conn, "line_and_conversation", {"line": line, "contact": contact}):
+    values = {"line": line, "contact": contact, "sender": phones.bare(contact)}
+    for row in _fetch(conn, "line_and_conversation", values):
         if row.part == 0:
             employee = _LineEmployee._make(row[_EMPLOYEE_PART])
         elif row.part == 1:

@@ -77,7 +77,7 @@ def render(outgoing: Iterable[Mapping], reply_to: str, channel: Channel, status_
         media = json.loads(text["media_json"] or "[]")
         if media:
             parts = [_element("Body", "<Body", _text(body))] if body else []
-            parts += [_element("Media", "<Media", _text(item["url"])) for item in media]
+            parts += [_element("Media", "<Media", _text(item["url"] or "")) for item in media]
             content = "".join(parts)
         else:
             content = _text(body)

@@ -49,11 +49,17 @@ def signature_matches(token: str, url: str, form, signature: str, algorithm) -> 
     it is itself one of the two (the port-less form if it has no port, the other if
     it has one), so a match over it is a match ``validate`` finds too. Anything
     else (no match, a URL that does not round-trip, a ``bodySHA256`` query, an
-    algorithm the library refuses) is answered by ``validate`` itself.
+    algorithm the library refuses) is answered by ``validate`` itself; a URL whose
+    port it cannot read (it would raise) is refused.
     """
     validator = RequestValidator(token)
     params = _Params(form.lists())
-    if "bodySHA256" not in url and urlparse(url).geturl() == url:
+    parsed = urlparse(url)
+    try:
+        parsed.port  # noqa: B018 - validate() reads it, and raises for a malformed one
+    except ValueError:  # a Host header such as "h:99999": nothing Twilio signed
+        return False
+    if "bodySHA256" not in url and parsed.geturl() == url:
         try:
             expected = validator.compute_signature(url, params, algorithm)
         except ValueError:  # an unsupported algorithm: validate() logs and refuses it

@@ -14,7 +14,7 @@ from twilio.request_validator import RequestValidator
 
 from bot import evidence, texts
 from bot.extensions import db
-from bot.models import Disposition, Message
+from bot.models import Disposition, Message, utcnow
 from support import CELL, CONTACT, LINE, OTHER, TOKEN, gunicorn, parse_twiml
 
 ALICE = {"employee_name": "Alice"}
@@ -148,3 +148,57 @@ def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio,
                     driver.execute("PRAGMA busy_timeout = 0")
                     with pytest.raises(Exception, match="locked"):
                         driver.execute("BEGIN IMMEDIATE")
+
+
+def test_an_employee_texts_first_read_locks_no_conversation(app, twilio, employee):
+    """Employee texts lock the employee first and then what they are about, as they
+    always have: the first read must not take the line's own (control) conversation,
+    or an employee text that found none yet and one that found it would lock the two
+    in opposite orders (Postgres)."""
+    from sqlalchemy import text
+
+    from bot import relay
+
+    twilio.sms(CELL, "#help")  # the line's own conversation now exists
+    with app.app_context():
+        engine = db.engine
+        with engine.begin() as first:
+            employee_row, _, conv = relay._line_and_conversation(first, LINE, CELL)
+            assert employee_row.cell == CELL and conv is None
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as second:
+                    second.execute(text("SET lock_timeout = '200ms'"))
+                    control = relay._lock(second, LINE, CELL, utcnow())  # not blocked
+                    assert control.contact == CELL
+                    second.rollback()
+
+
+def test_a_read_that_waited_for_the_lock_sees_the_other_texts_writes(app, twilio, employee):
+    """The conversation the first read returns after waiting is the one the webhook
+    before it left: its chain head, not the one before (Postgres re-reads a row it
+    had to wait for; SQLite's writers queue before they read)."""
+    from bot import relay
+
+    twilio.sms(CONTACT, "Hi")
+    with app.app_context():
+        engine = db.engine
+        result = {}
+        with engine.begin() as first:
+            _, _, held = relay._line_and_conversation(first, LINE, CONTACT)
+
+            def wait_for_it():
+                with app.app_context(), engine.begin() as second:
+                    result["conv"] = relay._line_and_conversation(second, LINE, CONTACT)[2]
+
+            waiter = threading.Thread(target=wait_for_it)
+            waiter.start()
+            waiter.join(0.3)
+            assert waiter.is_alive()  # waiting for the first transaction's lock (or queue)
+            first.execute(
+                relay._CONVERSATIONS.update()
+                .where(relay._CONVERSATIONS.c.id == held.id)
+                .values(chain_head="f" * 64, chain_length=held.chain_length + 1)
+            )
+        waiter.join(10)
+        assert result["conv"].chain_head == "f" * 64
+        assert result["conv"].chain_length == held.chain_length + 1

@@ -369,3 +369,24 @@ def test_the_canonical_form_of_an_entry_does_not_drift():
     assert chain.chain_head == row["hash"] and chain.chain_length == 5
     with pytest.raises(TypeError, match="not an evidence value"):
         evidence.digest(line, contact, "0" * 64, values | {"note": object()})
+
+
+def test_every_enum_an_entry_can_hold_is_written_as_its_value():
+    """The encoder writes a str enum as the str it is; that must be its value."""
+    import enum
+
+    from bot import consent, keywords, models
+
+    found = [
+        member
+        for module in (models, consent, keywords)
+        for cls in vars(module).values()
+        if isinstance(cls, type) and issubclass(cls, enum.Enum)
+        if cls.__module__ == module.__name__
+        for member in cls
+    ]
+    assert len(found) > 20
+    for member in found:
+        assert isinstance(member, str), member
+        assert str.__str__(member) == member.value, member
+        assert evidence._ENCODE([member]) == json.dumps([member.value], ensure_ascii=False)
