@@ -67,6 +67,7 @@ bench-scale: venv $(VENV)/.bench
 bench-smoke: venv $(VENV)/.bench
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc --rounds 1 --requests 100
+	$(BIN)/python -m bench.pieces --requests 100
 	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
 	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
 	$(BIN)/python -m bench.compare HEAD --rounds 1 --requests 100 --out bench/results/compare-smoke.json
