@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import json
 import multiprocessing
-import operator
 import os
 import sys
 from collections.abc import Iterator
@@ -90,9 +89,6 @@ def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> s
     return _seal(prev_hash, [line, contact, *(values.get(name) for name in HASHED)])
 
 
-_HASHED_VALUES = operator.itemgetter(*HASHED)
-
-
 _HASHED_NAMES = frozenset(HASHED)
 
 
@@ -112,7 +108,7 @@ def entry(chain: Any, **fields: Any) -> dict[str, Any]:
     values = dict.fromkeys(HASHED)
     values.update(fields)
     values["seq"] = seq
-    sealed = _seal(chain.chain_head, [chain.line, chain.contact, *_HASHED_VALUES(values)])
+    sealed = digest(chain.line, chain.contact, chain.chain_head, values)
     row = values | {"conversation_id": chain.id, "prev_hash": chain.chain_head, "hash": sealed}
     chain.chain_head = sealed
     chain.chain_length = seq

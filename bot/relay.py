@@ -234,32 +234,28 @@ _LOCKED = (
     .cte("locked")
 )
 
-_CORE = {
-    # The line's active employee and the organisation's saved settings, in one read:
-    # a row (employee, NULL, NULL) if the line is active, a row (NULLs, key, value)
-    # per saved setting.
-    "line": union_all(
-        select(*_EMPLOYEE_COLUMNS, null().label("key"), null().label("value")).where(
+
+def _line_parts(*conversation) -> list:
+    """The line's active employee and the organisation's saved settings, as parts of a
+    UNION ALL: a row (0, employee, NULLs) if the line is active, a row (1, NULLs,
+    key, value) per saved setting, each row ending in ``conversation``'s columns."""
+    return [
+        select(_part(0).label("part"), *_EMPLOYEE_COLUMNS, *_NO_SETTING, *conversation).where(
             _EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)
         ),
-        select(*(null() for _ in _EMPLOYEE_COLUMNS), _SETTINGS.c.key, _SETTINGS.c.value),
-    ),
+        select(
+            _part(1), *_no(_EMPLOYEE_COLUMNS), _SETTINGS.c.key, _SETTINGS.c.value, *conversation
+        ),
+    ]
+
+
+_CORE = {
+    # The line's employee and the settings, in one read (``_line_parts``).
+    "line": union_all(*_line_parts()),
     # The same, and the conversation of (line, contact) locked if there is one: the
     # first read of a webhook (see ``_line_and_conversation``).
     "line_and_conversation": union_all(
-        select(
-            _part(0).label("part"),
-            *_EMPLOYEE_COLUMNS,
-            *_NO_SETTING,
-            *_no(_CONV_COLUMNS),
-        ).where(_EMPLOYEES.c.line == bindparam("line"), _EMPLOYEES.c.active.is_(True)),
-        select(
-            _part(1),
-            *_no(_EMPLOYEE_COLUMNS),
-            _SETTINGS.c.key,
-            _SETTINGS.c.value,
-            *_no(_CONV_COLUMNS),
-        ),
+        *_line_parts(*_no(_CONV_COLUMNS)),
         select(_part(2), *_no(_EMPLOYEE_COLUMNS), *_NO_SETTING, *_LOCKED.c),
     ),
     "lock_employee": select(_EMPLOYEES.c.id)
@@ -573,35 +569,15 @@ def _stored_answer(conn: Connection, sid: str) -> str | None:
     return None if row is None else row.answer
 
 
-def _line(conn: Connection, line: str) -> tuple[tuple | None, org_settings.Settings]:
-    """The active employee of ``line`` (if any) and the settings in force."""
-    employee, saved = None, {}
-    for row in _fetch(conn, "line", {"line": line}):
-        if row.key is None:
-            employee = row
-        else:
-            saved[row.key] = row.value
-    return employee, org_settings.from_saved(saved)
-
-
 _LineEmployee = namedtuple("_LineEmployee", [c.key for c in _EMPLOYEE_COLUMNS])
 _EMPLOYEE_PART = slice(1, 1 + len(_EMPLOYEE_COLUMNS))
 _CONV_PART = slice(3 + len(_EMPLOYEE_COLUMNS), None)
 
 
-def _line_and_conversation(conn: Connection, line: str, contact: str):
-    """``_line``, and the conversation of (line, contact) locked, if it exists and the
-    sender is not the line's active employee: one read.
-
-    An employee text gets no conversation here (and locks none): it locks the
-    employee first, then the conversation it is about, as it always has (one
-    order for every employee text of a line). Whether the sender is the employee
-    is decided in the same statement, on the same snapshot, as the caller's own
-    comparison of the row it returns.
-    """
+def _read_line(rows) -> tuple:
+    """The employee, the settings in force and the conversation, from a read's rows."""
     employee, saved, conv = None, {}, None
-    values = {"line": line, "contact": contact, "sender": phones.bare(contact)}
-    for row in _fetch(conn, "line_and_conversation", values):
+    for row in rows:
         if row.part == 0:
             employee = _LineEmployee._make(row[_EMPLOYEE_PART])
         elif row.part == 1:
@@ -611,12 +587,33 @@ def _line_and_conversation(conn: Connection, line: str, contact: str):
     return employee, org_settings.from_saved(saved), conv
 
 
+def _line(conn: Connection, line: str) -> tuple[tuple | None, org_settings.Settings]:
+    """The active employee of ``line`` (if any) and the settings in force."""
+    employee, settings, _ = _read_line(_fetch(conn, "line", {"line": line}))
+    return employee, settings
+
+
+def _line_and_conversation(conn: Connection, line: str, contact: str, sender: str | None = None):
+    """``_line``, and the conversation of (line, contact) locked, if it exists and the
+    sender (``contact`` as a bare number, if the caller has it) is not the line's
+    active employee: one read.
+
+    An employee text gets no conversation here (and locks none): it locks the
+    employee first, then the conversation it is about, as it always has (one
+    order for every employee text of a line). Whether the sender is the employee
+    is decided in the same statement, on the same snapshot, as the caller's own
+    comparison of the row it returns.
+    """
+    values = {"line": line, "contact": contact, "sender": sender or phones.bare(contact)}
+    return _read_line(_fetch(conn, "line_and_conversation", values))
+
+
 def _route(conn: Connection, inbound: Inbound, now: datetime, status_base: str) -> str:
-    line = phones.bare(inbound.to)
-    employee, settings, conv = _line_and_conversation(conn, line, inbound.sender)
+    line, sender = phones.bare(inbound.to), phones.bare(inbound.sender)
+    employee, settings, conv = _line_and_conversation(conn, line, inbound.sender, sender)
     if employee is None:
         return _unrouted(conn, inbound, settings, now, conv)
-    if phones.bare(inbound.sender) == employee.cell:
+    if sender == employee.cell:
         return _from_employee(conn, inbound, employee, settings, now, status_base)
     return _from_contact(conn, inbound, employee, settings, now, status_base, conv)
 

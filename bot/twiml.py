@@ -26,29 +26,18 @@ def status_callback(base: str, ref: str) -> str:
     return f"{base}?ref={quote(ref)}"
 
 
+# ElementTree's escaping of character data, and of attribute values (which
+# keeps newlines and tabs as references).
+_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_ATTRIBUTE = _TEXT | str.maketrans({'"': "&quot;", "\r": "&#13;", "\n": "&#10;", "\t": "&#09;"})
+
+
 def _text(value: str) -> str:
-    """Character data, escaped as ElementTree escapes it."""
-    if "&" in value:
-        value = value.replace("&", "&amp;")
-    if "<" in value:
-        value = value.replace("<", "&lt;")
-    if ">" in value:
-        value = value.replace(">", "&gt;")
-    return value
+    return value.translate(_TEXT)
 
 
 def _attribute(value: str) -> str:
-    """An attribute's value, escaped as ElementTree escapes it (newlines and tabs kept)."""
-    value = _text(value)
-    if '"' in value:
-        value = value.replace('"', "&quot;")
-    if "\r" in value:
-        value = value.replace("\r", "&#13;")
-    if "\n" in value:
-        value = value.replace("\n", "&#10;")
-    if "\t" in value:
-        value = value.replace("\t", "&#09;")
-    return value
+    return value.translate(_ATTRIBUTE)
 
 
 def _element(tag: str, opening: str, content: str) -> str:
