@@ -50,6 +50,8 @@ from bot.models import (
 log = logging.getLogger(__name__)
 
 MAX_MEDIA = 10
+# The form's names of each attachment's URL and type, in order.
+_MEDIA_FIELDS = tuple((f"MediaUrl{n}", f"MediaContentType{n}") for n in range(MAX_MEDIA))
 MESSAGE_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 MAX_ADDRESS = 255
 QUEUED = "queued"
@@ -119,10 +121,10 @@ def parse_form(
         # would otherwise be taken for a new text.
         raise BadRequest("MessageSid is missing or malformed")
     media = []
-    for n in range(MAX_MEDIA):
-        url = sendable(_clean(form.get(f"MediaUrl{n}"))).strip()
-        if url:
-            media.append((url, _clean(form.get(f"MediaContentType{n}")).strip()))
+    for url_field, type_field in _MEDIA_FIELDS:
+        url = form.get(url_field)
+        if url and (url := sendable(_clean(url)).strip()):
+            media.append((url, _clean(form.get(type_field)).strip()))
     token = _clean(idempotency_token)[:255] or None
     return Inbound(
         sid=sid,
