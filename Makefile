@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 export FLASK_APP := app
 
-.PHONY: run test soak bench bench-scale bench-smoke lint venv browser screenshots clean
+.PHONY: run test soak bench bench-scale bench-smoke bench-instructions lint venv browser valgrind screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Chromium first (Debian: sudo apt-get install chromium)"; exit 1; fi; }
 
+# bench/instructions.py counts instructions with Debian's valgrind.
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; \
+	  else echo "Install valgrind first (Debian: sudo apt-get install valgrind)"; exit 1; fi; }
+
 # Runs on SQLite, and on Postgres too when TEST_DATABASE_URL is set.
 test: lint browser
 	$(BIN)/pytest
@@ -59,18 +66,24 @@ bench: venv $(VENV)/.bench
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scale
 
+# Instructions per webhook under callgrind, app (SQLite) and bare (~5 min); to
+# compare commits: python -m bench.instructions --root <another checkout> --root .
+bench-instructions: venv $(VENV)/.bench valgrind
+	$(BIN)/python -m bench.instructions --out bench/results/instructions.json
+
 # The scale run alone (1M / 10M, both backends, ~20 min).
 bench-scale: venv $(VENV)/.bench
 	$(BIN)/python -m bench.scale
 
 # The same, tiny and quick: shows the benchmarks still work (figures not asserted).
-bench-smoke: venv $(VENV)/.bench
+bench-smoke: venv $(VENV)/.bench valgrind
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc --rounds 1 --requests 100
 	$(BIN)/python -m bench.pieces --requests 100
 	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
 	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
 	$(BIN)/python -m bench.compare HEAD --rounds 1 --requests 100 --out bench/results/compare-smoke.json
+	$(BIN)/python -m bench.instructions --quick --target sqlite --out bench/results/instructions-smoke.json
 
 # Re-make the README's screenshots with the browser test.
 screenshots: venv browser
