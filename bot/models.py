@@ -48,6 +48,9 @@ class UTCDateTime(TypeDecorator):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+    # Equal instants bind to equal values (each is turned into UTC first), so
+    # bot.statements may bind a time once for every parameter it is given to.
+    binds_by_instant = True
 
     def process_bind_param(self, value, dialect):
         if value is None:

@@ -45,7 +45,17 @@ from sqlalchemy.sql import ClauseElement
 class _Compiled:
     """One statement as one dialect runs it, for one set of parameter names."""
 
-    __slots__ = ("binds", "names", "parameters", "positional", "raw", "results", "row", "sql")
+    __slots__ = (
+        "binds",
+        "make_row",
+        "names",
+        "parameters",
+        "positional",
+        "raw",
+        "results",
+        "row",
+        "sql",
+    )
 
     def __init__(self, statement: ClauseElement, dialect, keys: Sequence[str] | None):
         columns = list(getattr(statement, "exported_columns", ()) or ())
@@ -72,7 +82,9 @@ class _Compiled:
         for name in names:
             param = compiled.binds[name]
             proc = param.type.dialect_impl(dialect).bind_processor(dialect)
-            if proc is not None and _is_datetime(param.type):
+            if proc is not None and getattr(param.type, "binds_by_instant", False):
+                proc = _by_instant(dialect, param.type, proc)
+            elif proc is not None and _is_datetime(param.type):
                 proc = _remembering(proc)
             elif proc is not None and isinstance(param.type, Enum | Boolean):
                 proc = _Memo(proc)
@@ -96,15 +108,34 @@ class _Compiled:
         self.results = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
+        self.make_row = _row_maker(self.row, self.results) if columns else None
 
     def rows(self, fetched: Iterable[tuple]) -> list:
-        results, make = self.results, self.row._make
-        if not any(results):
-            return [make(row) for row in fetched]
-        return [
-            make(v if proc is None else proc(v) for v, proc in zip(row, results, strict=True))
-            for row in fetched
-        ]
+        make = self.make_row
+        return [make(row) for row in fetched]
+
+
+def _row_maker(row_type, results: list[Callable | None]) -> Callable[[Sequence], Any]:
+    """A function from a driver's row to a ``row_type``, each value through its column's
+    result processor; written out once per compiled statement, as ``_parameter_maker``."""
+    if not any(results):
+        return row_type._make
+    scope: dict[str, Any] = {"Row": row_type, "len": len, "count": len(results)}
+    items = []
+    for i, proc in enumerate(results):
+        if proc is None:
+            items.append(f"row[{i}]")
+        else:
+            scope[f"p{i}"] = proc
+            items.append(f"p{i}(row[{i}])")
+    exec(  # the text is built above
+        "def make(row):\n"
+        "    if len(row) != count:\n"
+        "        raise ValueError(f'a row of {len(row)} values for {count} columns')\n"
+        f"    return Row({', '.join(items)})\n",
+        scope,
+    )
+    return scope["make"]
 
 
 def _parameter_maker(binds, names: list[str], positional: bool) -> Callable[[dict], tuple | dict]:
@@ -155,6 +186,37 @@ class _Memo:
         if len(self.known) < self.LIMIT:
             self.known[value] = result
         return result
+
+
+class _Recent(_Memo):
+    """A memo of the last few values: full, it starts again (times change every webhook)."""
+
+    __slots__ = ()
+
+    def __call__(self, value):
+        if len(self.known) >= self.LIMIT:
+            self.known.clear()
+        return super().__call__(value)
+
+
+_INSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _by_instant(dialect, type_, proc: Callable) -> _Recent:
+    """One memo for every bind of a type whose processor binds equal times alike.
+
+    A type says so with ``binds_by_instant`` (``UTCDateTime``: every value is turned
+    into UTC first, so two equal instants give equal values, whatever their zones).
+    A turn binds the same ``now`` to a dozen parameters of several statements; the
+    memo formats it once. Kept per dialect and type class, which fix the processor.
+    """
+    memos = _INSTANTS.get(dialect)
+    if memos is None:
+        memos = _INSTANTS.setdefault(dialect, {})
+    memo = memos.get(type(type_))
+    if memo is None:
+        memo = memos[type(type_)] = _Recent(proc)
+    return memo
 
 
 _NUMBERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -232,3 +232,47 @@ def test_a_memoised_processor_keeps_a_bounded_number_of_answers():
     assert [memo(n) for n in range(100)] == [f"<{n}>" for n in range(100)]
     assert len(memo.known) == statements._Memo.LIMIT
     assert memo.known[3] == "<3>" and 99 not in memo.known
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_utc_times_are_bound_once_for_every_statement_as_their_type_binds_them(dialect):
+    """UTCDateTime binds by instant: one memo across statements and zones, never stale."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from bot.models import UTCDateTime
+
+    messages, entries = Message.__table__, Attestation.__table__
+    reference = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    mkeys = tuple(c.key for c in messages.columns if c.key != "id")
+    akeys = tuple(c.key for c in entries.columns if c.key != "id")
+    insert_message = statements.Statement(insert(messages)).compiled(dialect, mkeys)
+    insert_entry = statements.Statement(insert(entries)).compiled(dialect, akeys)
+    at = {name for name, key, _, _ in insert_message.binds if key in ("created_at", "updated_at")}
+    procs = {proc for name, key, proc, _ in insert_message.binds + insert_entry.binds if name in at}
+    assert len(procs) == 1  # one memo for every UTC time these statements bind
+    (memo,) = procs
+    now = datetime(2026, 12, 1, 9, 30, 0, 5, tzinfo=UTC)
+    moments = [
+        now,
+        now.astimezone(timezone(timedelta(hours=-5))),  # the same instant elsewhere
+        now + timedelta(microseconds=1),
+        *(now + timedelta(seconds=n) for n in range(3 * statements._Memo.LIMIT)),
+        now,
+        None,
+    ]
+    mrow = dict.fromkeys(mkeys) | {"direction": Direction.INBOUND}
+    arow = dict.fromkeys(akeys)
+    for moment in moments:
+        expected = reference(moment)
+        got = insert_message.parameters(mrow | {"created_at": moment, "updated_at": moment})
+        index = [name for name, _, _, _ in insert_message.binds].index(
+            next(name for name, key, _, _ in insert_message.binds if key == "created_at")
+        )
+        assert got[index] == expected
+        assert memo(moment) == expected
+        insert_entry.parameters(arow | {"created_at": moment})
+        assert len(memo.known) <= statements._Memo.LIMIT
+    with pytest.raises(ValueError, match="naive"):
+        memo(datetime(2026, 12, 1))
+    with pytest.raises(ValueError, match="naive"):  # a refusal is never remembered
+        memo(datetime(2026, 12, 1))
