@@ -9,7 +9,7 @@ import multiprocessing
 import operator
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -77,7 +77,38 @@ def _not_plain(value: Any) -> Any:
 
 # One encoder for every entry (json.dumps would build one per call); its C
 # implementation asks ``_not_plain`` only about times and non-str enums.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_not_plain).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_not_plain)
+
+
+def _c_encoder() -> Callable[[list], str]:
+    """``_ENCODER.encode``, without building the C encoder again for every call.
+
+    ``JSONEncoder.encode`` builds it in each call (in ``iterencode``); here it is
+    built once with the same settings (no check for cycles: a payload is a flat
+    list). It is used only if it writes what ``_ENCODER.encode`` writes for a
+    payload of every kind of value, so a Python whose ``json`` internals differ
+    falls back to ``_ENCODER.encode`` rather than to another text.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    try:
+        encoder = make(
+            None, _not_plain, json.encoder.encode_basestring, None, ":", ",", False, False, True
+        )
+        sample = ["+1555", 'é"\n😀<&>', 7, None, True, False, datetime(2026, 12, 1, tzinfo=UTC)]
+
+        def encode(payload: list) -> str:
+            return "".join(encoder(payload, 0))
+
+        if encode(sample) == _ENCODER.encode(sample):
+            return encode
+    except (TypeError, ValueError):
+        pass
+    return _ENCODER.encode
+
+
+_ENCODE = _c_encoder()
 
 
 def _seal(prev_hash: str, payload: list[Any]) -> str:

@@ -78,6 +78,8 @@ class Inbound:
 
     @property
     def media_json(self) -> str:
+        if not self.media:
+            return "[]"  # json.dumps([]), which most texts are
         return json.dumps([{"url": u, "content_type": t} for u, t in self.media])
 
 

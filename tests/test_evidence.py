@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, func, select, text, update
 
 from bot import evidence
@@ -390,3 +392,41 @@ def test_every_enum_an_entry_can_hold_is_written_as_its_value():
         assert isinstance(member, str), member
         assert str.__str__(member) == member.value, member
         assert evidence._ENCODE([member]) == json.dumps([member.value], ensure_ascii=False)
+
+
+_PAYLOAD_VALUES = st.one_of(
+    st.text(),
+    st.integers(),
+    st.none(),
+    st.booleans(),
+    st.datetimes(timezones=st.just(UTC)),
+    st.sampled_from([*RecordKind]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.lists(_PAYLOAD_VALUES, max_size=24))
+def test_entries_are_encoded_as_json_dumps_encodes_them(payload):
+    expected = json.dumps(
+        payload, ensure_ascii=False, separators=(",", ":"), default=evidence._not_plain
+    )
+    assert evidence._ENCODE(payload) == expected
+
+
+def test_an_encoder_that_writes_otherwise_is_not_used(monkeypatch):
+    import json.encoder
+
+    original = json.encoder.c_make_encoder
+
+    def make(markers, *args):
+        # JSONEncoder itself (markers={}) keeps the real one; ours writes every payload as [].
+        if markers is not None:
+            return original(markers, *args)
+        return lambda payload, level: ["[", "]"]
+
+    monkeypatch.setattr(json.encoder, "c_make_encoder", make)
+    assert evidence._c_encoder() == evidence._ENCODER.encode
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    assert evidence._c_encoder() == evidence._ENCODER.encode
+    monkeypatch.undo()
+    assert evidence._c_encoder() != evidence._ENCODER.encode  # the C one, on CPython
