@@ -128,19 +128,20 @@ def twilio_signed(view):
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        form = read_form(request)
-        if current_app.config["TWILIO_VALIDATE_SIGNATURE"]:
-            token = current_app.config.get("TWILIO_AUTH_TOKEN") or ""
-            signature = request.headers.get("X-Twilio-Signature", "")
+        req = request._get_current_object()  # once, not through the proxy each time
+        form = read_form(req)
+        config = current_app.config
+        if config["TWILIO_VALIDATE_SIGNATURE"]:
+            token = config.get("TWILIO_AUTH_TOKEN") or ""
+            headers = req.headers
+            signature = headers.get("X-Twilio-Signature", "")
             url = signed_url()
-            algorithm = get_signature_algorithm(
-                request.headers.get("X-Twilio-Webhooks-Signature-Settings")
-            )
+            algorithm = get_signature_algorithm(headers.get("X-Twilio-Webhooks-Signature-Settings"))
             if not token or not signature_matches(token, url, form, signature, algorithm):
                 security_log.warning(
                     "rejected a request with a %s Twilio signature",
                     "wrong" if signature else "missing",
-                    extra={"url": url, "remote_addr": request.remote_addr},
+                    extra={"url": url, "remote_addr": req.remote_addr},
                 )
                 abort(403)
         return view(form, *args, **kwargs)
