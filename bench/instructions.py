@@ -3,8 +3,10 @@
 Timings on these shared two-vCPU machines move by 10–30 % from one hour to the
 next, so a change worth 2–5 % of a webhook cannot be seen in them; a count of
 the instructions executed barely moves. Each target (the app on SQLite, the
-bare endpoint) runs twice under ``valgrind --tool=callgrind``, each time in a
-fresh process on a copy of one migrated and seeded database: once handing
+bare endpoint, and with ``--target postgres`` the app on Postgres: the app's
+process only, not the server's) runs twice under ``valgrind --tool=callgrind``, each time in a
+fresh process on a copy of one migrated and seeded database (on Postgres, a
+database made from it as a template): once handing
 WARMUP + SHORT webhooks of the load's mix straight to the WSGI app (as
 ``bench.inproc`` does), once WARMUP + LONG. The difference of the two counts,
 divided by LONG − SHORT, is the instructions of one webhook: the interpreter's
@@ -16,6 +18,7 @@ Python a webhook runs it moves with its CPU time. Several checkouts are counted
 in one run, on the same workload, with ``--root``:
 
     python -m bench.instructions                          # this checkout
+    python -m bench.instructions --target postgres        # the app on Postgres (its side only)
     python -m bench.instructions --root /tmp/a --root .   # two checkouts, side by side
 
 Bounded: fixed counts of webhooks, and a time limit per process.
@@ -33,8 +36,10 @@ import time
 from pathlib import Path
 
 WARMUP, SHORT, LONG = 200, 100, 400
+PG_PREFIX = f"bench_instr_{os.getpid()}_"
 QUICK = (20, 10, 30)  # --quick, as bench-smoke runs it: shows it works, nothing more
-TARGETS = ("sqlite", "bare")
+TARGETS = ("sqlite", "bare", "postgres")
+DEFAULT_TARGETS = ("sqlite", "bare")
 
 
 def _child(target: str, count: int, database: str, warmup: int, longest: int) -> None:
@@ -48,7 +53,8 @@ def _child(target: str, count: int, database: str, warmup: int, longest: int) ->
     else:
         from bot import create_app
 
-        app = create_app(env=app_env(f"sqlite:///{database}"))
+        url = database if target == "postgres" else f"sqlite:///{database}"
+        app = create_app(env=app_env(url))
     total = warmup + longest
     scripts = workload(total, seed=11, contact_base=200_000)
     order, live = [], [list(s) for s in scripts]
@@ -115,10 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     warmup, short, longest = args.counts
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    from bench.common import migrate, seed_employees
+    from bench.common import create_pg_db, drop_pg_db, migrate, pg_admin, pg_url, seed_employees
 
     roots = [root.resolve() for root in args.root or [Path(".")]]
-    targets = args.target or list(TARGETS)
+    targets = args.target or list(DEFAULT_TARGETS)
     tmp = Path(tempfile.mkdtemp(prefix="bench_instr_"))
     report = {"command": " ".join(["python -m bench.instructions", *(argv or sys.argv[1:])])}
     report["counts"] = {"warmup": warmup, "short": short, "long": longest}
@@ -128,11 +134,21 @@ def main(argv: list[str] | None = None) -> None:
             seeded = tmp / f"seeded-{n}.sqlite3"
             migrate(f"sqlite:///{seeded}", cwd=root)
             seed_employees(f"sqlite:///{seeded}", cwd=root)
+            if "postgres" in targets:  # a seeded database, copied as a template
+                pg_seeded = create_pg_db(f"{PG_PREFIX}seed")
+                migrate(pg_seeded, cwd=root)
+                seed_employees(pg_seeded, cwd=root)
             for target in targets:
                 started, counts = time.monotonic(), {}
                 for count in (short, longest):
-                    database = tmp / f"run-{n}-{target}-{count}.sqlite3"
-                    shutil.copy(seeded, database)
+                    if target == "postgres":
+                        name = f"{PG_PREFIX}run"
+                        drop_pg_db(name)
+                        pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{PG_PREFIX}seed"')
+                        database = pg_url(name)
+                    else:
+                        database = tmp / f"run-{n}-{target}-{count}.sqlite3"
+                        shutil.copy(seeded, database)
                     out = tmp / f"callgrind-{n}-{target}-{count}.out"
                     counts[count] = _count(root, target, count, database, out, args)
                 per = (counts[longest] - counts[short]) / (longest - short)
@@ -147,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{row['commit']:>14} {target:7s} {per / 1e6:8.3f} M instructions a webhook")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if "postgres" in targets:
+            drop_pg_db(f"{PG_PREFIX}run")
+            drop_pg_db(f"{PG_PREFIX}seed")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -256,11 +256,22 @@ def _line_parts(*conversation) -> list:
 _CORE = {
     # The line's employee and the settings, in one read (``_line_parts``).
     "line": union_all(*_line_parts()),
-    # The same, and the conversation of (line, contact) locked if there is one: the
-    # first read of a webhook (see ``_line_and_conversation``).
+    # The same, the conversation of (line, contact) locked if there is one, and the
+    # answer already given to this MessageSid if it is a repeat: the first read of
+    # a webhook (see ``_line_and_conversation``).
     "line_and_conversation": union_all(
         *_line_parts(*_no(_CONV_COLUMNS)),
         select(_part(2), *_no(_EMPLOYEE_COLUMNS), *_NO_SETTING, *_LOCKED.c),
+        select(
+            _part(3),
+            *_no(_EMPLOYEE_COLUMNS),
+            *_no((_SETTINGS.c.key,)),
+            _MESSAGES.c.answer,  # in the settings' value column (both are text)
+            *_no(_CONV_COLUMNS),
+        ).where(
+            _MESSAGES.c.twilio_sid == bindparam("sid"),
+            _MESSAGES.c.direction == Direction.INBOUND,
+        ),
     ),
     "lock_employee": select(_EMPLOYEES.c.id)
     .where(_EMPLOYEES.c.id == bindparam("employee_id"))
@@ -404,10 +415,12 @@ def _save(turn: _Turn) -> None:
 def handle_inbound(inbound: Inbound, now: datetime, status_base: str) -> str:
     """Process one inbound text in one transaction; return (and keep) its TwiML.
 
-    A repeated MessageSid is caught by the unique index on ``messages.twilio_sid``
-    when the turn is written: the transaction is rolled back and the answer the
-    first copy stored is returned. A copy arriving at the same moment waits for
-    the first on the conversation's lock (or, on Postgres, on the index entry).
+    A repeated MessageSid gets the answer the first copy stored, and nothing is
+    written: the first read finds it (``_route``). A copy that read before the
+    first was committed (it waits for it on the conversation's lock, or on
+    Postgres on the index entry) is caught by the unique index on
+    ``messages.twilio_sid`` when its turn is written: the transaction is rolled
+    back and the stored answer returned.
     """
     try:
         with _transaction() as conn:
@@ -578,29 +591,42 @@ _EMPLOYEE_PART = slice(1, 1 + len(_EMPLOYEE_COLUMNS))
 _CONV_PART = slice(3 + len(_EMPLOYEE_COLUMNS), None)
 
 
-def _read_line(rows) -> tuple:
-    """The employee, the settings in force and the conversation, from a read's rows."""
-    employee, saved, conv = None, {}, None
+class _FirstRead(namedtuple("_FirstRead", "employee settings conv answer")):
+    """What a webhook's first read found: the line's active employee (or None), the
+    settings in force, the locked conversation (or None) and, for a MessageSid
+    already kept, the answer given to it (or None)."""
+
+    __slots__ = ()
+
+
+def _read_line(rows) -> _FirstRead:
+    """The employee, the settings in force, the conversation and a kept answer, from a
+    read's rows."""
+    employee, saved, conv, answer = None, {}, None, None
     for row in rows:
         if row.part == 0:
             employee = _LineEmployee._make(row[_EMPLOYEE_PART])
         elif row.part == 1:
             saved[row.settings_key] = row.settings_value
-        else:
+        elif row.part == 2:
             conv = Conv(*row[_CONV_PART])
-    return employee, org_settings.from_saved(saved), conv
+        else:
+            answer = row.settings_value
+    return _FirstRead(employee, org_settings.from_saved(saved), conv, answer)
 
 
 def _line(conn: Connection, line: str) -> tuple[tuple | None, org_settings.Settings]:
     """The active employee of ``line`` (if any) and the settings in force."""
-    employee, settings, _ = _read_line(_fetch(conn, "line", {"line": line}))
-    return employee, settings
+    found = _read_line(_fetch(conn, "line", {"line": line}))
+    return found.employee, found.settings
 
 
-def _line_and_conversation(conn: Connection, line: str, contact: str, sender: str | None = None):
+def _line_and_conversation(
+    conn: Connection, line: str, contact: str, sender: str | None = None, sid: str | None = None
+) -> _FirstRead:
     """``_line``, and the conversation of (line, contact) locked, if it exists and the
     sender (``contact`` as a bare number, if the caller has it) is not the line's
-    active employee: one read.
+    active employee, and the answer kept for the inbound text ``sid``: one read.
 
     An employee text gets no conversation here (and locks none): it locks the
     employee first, then the conversation it is about, as it always has (one
@@ -609,12 +635,20 @@ def _line_and_conversation(conn: Connection, line: str, contact: str, sender: st
     comparison of the row it returns.
     """
     values = {"line": line, "contact": contact, "sender": sender or phones.bare(contact)}
-    return _read_line(_fetch(conn, "line_and_conversation", values))
+    return _read_line(_fetch(conn, "line_and_conversation", values | {"sid": sid}))
 
 
 def _route(conn: Connection, inbound: Inbound, now: datetime, status_base: str) -> str:
     line, sender = phones.bare(inbound.to), phones.bare(inbound.sender)
-    employee, settings, conv = _line_and_conversation(conn, line, inbound.sender, sender)
+    employee, settings, conv, answer = _line_and_conversation(
+        conn, line, inbound.sender, sender, inbound.sid
+    )
+    if answer is not None:
+        # A MessageSid already kept (Twilio retrying one it thinks was lost): the
+        # answer the first copy stored, nothing written. A copy that was still in
+        # flight when this read ran is caught by the unique index instead
+        # (handle_inbound), as before.
+        return answer
     if employee is None:
         return _unrouted(conn, inbound, settings, now, conv)
     if sender == employee.cell:

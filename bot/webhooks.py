@@ -185,7 +185,10 @@ def status_callback(form: dict[str, list[str]]):
 def healthz():
     try:
         db.session.execute(text("SELECT 1"))
-        db.session.rollback()
+        # COMMIT, not ROLLBACK, to end it: psycopg drops every statement it has
+        # prepared on a connection when a transaction there rolls back, and a
+        # monitor's checks would keep the relay's statements from staying prepared.
+        db.session.commit()
     except SQLAlchemyError:
         db.session.rollback()
         log.exception("health check: the database does not answer")

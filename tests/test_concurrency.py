@@ -131,7 +131,7 @@ def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio,
         engine = db.engine
         postgres = engine.dialect.name == "postgresql"
         with engine.begin() as first:
-            _, _, conv = relay._line_and_conversation(first, LINE, CONTACT)
+            conv = relay._line_and_conversation(first, LINE, CONTACT).conv
             assert conv is not None and conv.contact == CONTACT
             with engine.connect() as second:
                 if postgres:
@@ -140,7 +140,7 @@ def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio,
                         relay._line_and_conversation(second, LINE, CONTACT)
                     second.rollback()
                     second.execute(text("SET lock_timeout = '200ms'"))
-                    _, _, other = relay._line_and_conversation(second, LINE, OTHER)
+                    other = relay._line_and_conversation(second, LINE, OTHER).conv
                     assert other.contact == OTHER
                     second.rollback()
                 else:
@@ -163,7 +163,7 @@ def test_an_employee_texts_first_read_locks_no_conversation(app, twilio, employe
     with app.app_context():
         engine = db.engine
         with engine.begin() as first:
-            employee_row, _, conv = relay._line_and_conversation(first, LINE, CELL)
+            employee_row, _, conv, _ = relay._line_and_conversation(first, LINE, CELL)
             assert employee_row.cell == CELL and conv is None
             if engine.dialect.name == "postgresql":
                 with engine.connect() as second:
@@ -184,11 +184,11 @@ def test_a_read_that_waited_for_the_lock_sees_the_other_texts_writes(app, twilio
         engine = db.engine
         result = {}
         with engine.begin() as first:
-            _, _, held = relay._line_and_conversation(first, LINE, CONTACT)
+            held = relay._line_and_conversation(first, LINE, CONTACT).conv
 
             def wait_for_it():
                 with app.app_context(), engine.begin() as second:
-                    result["conv"] = relay._line_and_conversation(second, LINE, CONTACT)[2]
+                    result["conv"] = relay._line_and_conversation(second, LINE, CONTACT).conv
 
             waiter = threading.Thread(target=wait_for_it)
             waiter.start()

@@ -89,6 +89,25 @@ def test_failure_releasing_held_texts_answers_503_and_writes_nothing(
     assert held() == 0
 
 
+def test_a_passing_health_check_commits_and_rolls_nothing_back(app, client):
+    """A ROLLBACK would drop the statements psycopg has prepared on the connection."""
+    ended = []
+    with app.app_context():
+        engine = db.engine
+    on_commit, on_rollback = (
+        (lambda conn: ended.append("commit")),
+        (lambda conn: ended.append("rollback")),
+    )
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine, "rollback", on_rollback)
+    try:
+        assert client.get("/healthz").status_code == 200
+    finally:
+        event.remove(engine, "commit", on_commit)
+        event.remove(engine, "rollback", on_rollback)
+    assert ended == ["commit"]
+
+
 def test_healthz_tells_the_truth_when_the_database_is_down(app, client, fail_on):
     fail_on["prefix"] = "SELECT 1"
     response = client.get("/healthz")

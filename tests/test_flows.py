@@ -372,6 +372,33 @@ def test_repeated_message_sid_changes_nothing_and_gets_the_same_twiml(app, clien
     assert conversation(app).chain_length == 4
 
 
+def test_a_repeat_read_before_the_first_was_kept_is_caught_by_the_unique_index(
+    app, client, employee, monkeypatch
+):
+    """The first read finds a kept MessageSid; a copy whose read ran before the first
+    copy was committed does not, and the unique index catches it when it writes."""
+    from bot import relay
+
+    twilio = Twilio(client)
+    params = {"MessageSid": "SM" + "8" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+    first = twilio.post("/twilio/sms", params)
+    reads = []
+    original = relay._line_and_conversation
+
+    def read_too_early(*args, **kwargs):
+        found = original(*args, **kwargs)
+        reads.append(found.answer)
+        return found._replace(answer=None)  # as if read before the first copy committed
+
+    monkeypatch.setattr(relay, "_line_and_conversation", read_too_early)
+    again = twilio.post("/twilio/sms", params)
+    assert reads == [first.data.decode()]  # the read did find it; it was hidden
+    assert again.status_code == 200 and again.data == first.data
+    with app.app_context():
+        assert db.session.execute(select(db.func.count(Message.id))).scalar() == 3
+    assert conversation(app).chain_length == 4
+
+
 def test_status_callbacks_move_forward_only(app, twilio, employee):
     [request, _notice] = twilio.sms(CONTACT, "Hi")
     assert twilio.status(request, "sent", sid="SMa").status_code == 200
