@@ -946,7 +946,10 @@ def main(argv=None) -> None:
         for backend in backends:
             report["backends"][backend] = one_backend(backend, args, tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:  # the SQLite databases live here: kept with the rest
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         report["elapsed_s"] = round(time.monotonic() - started, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=str) + "\n")
