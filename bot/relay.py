@@ -253,6 +253,12 @@ def _line_parts(*conversation) -> list:
     ]
 
 
+# The inbound text of MessageSid ``sid``, whose ``answer`` a repeat is given.
+_KEPT_ANSWER = (
+    _MESSAGES.c.twilio_sid == bindparam("sid"),
+    _MESSAGES.c.direction == Direction.INBOUND,
+)
+
 _CORE = {
     # The line's employee and the settings, in one read (``_line_parts``).
     "line": union_all(*_line_parts()),
@@ -268,10 +274,7 @@ _CORE = {
             *_no((_SETTINGS.c.key,)),
             _MESSAGES.c.answer,  # in the settings' value column (both are text)
             *_no(_CONV_COLUMNS),
-        ).where(
-            _MESSAGES.c.twilio_sid == bindparam("sid"),
-            _MESSAGES.c.direction == Direction.INBOUND,
-        ),
+        ).where(*_KEPT_ANSWER),
     ),
     "lock_employee": select(_EMPLOYEES.c.id)
     .where(_EMPLOYEES.c.id == bindparam("employee_id"))
@@ -302,9 +305,7 @@ _CORE = {
         "sqlite": _create(sqlite).returning(*_CONV_COLUMNS),
     },
     "save": update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == bindparam("conv_id")),
-    "answer": select(_MESSAGES.c.answer).where(
-        _MESSAGES.c.twilio_sid == bindparam("sid"), _MESSAGES.c.direction == Direction.INBOUND
-    ),
+    "answer": select(_MESSAGES.c.answer).where(*_KEPT_ANSWER),
     "held": select(_MESSAGES)
     .where(
         _MESSAGES.c.conversation_id == bindparam("conv_id"),

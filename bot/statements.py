@@ -119,7 +119,7 @@ def _row_maker(row_type, results: list[Callable | None]) -> Callable[[Sequence],
     result processor; written out once per compiled statement, as ``_parameter_maker``."""
     if not any(results):
         return row_type._make
-    scope: dict[str, Any] = {"Row": row_type, "len": len, "count": len(results)}
+    scope: dict[str, Any] = {"Row": row_type, "count": len(results)}
     items = []
     for i, proc in enumerate(results):
         if proc is None:
