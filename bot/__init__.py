@@ -113,20 +113,28 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
     ten; the queue hands the lock over as soon as it is free. Long reads (export,
     verify) say so with ``read_only()`` and take no lock: WAL lets them read a
     snapshot while webhooks go on writing.
+
+    Every transaction is on disk before the code that ran it goes on (before a
+    webhook answers Twilio), as with ``synchronous=FULL``, but the disk flush
+    comes after the writer lock is let go (``WriterQueue.flush``), so the next
+    writer does not wait for this one's ``fdatasync``: see ``WriterQueue``.
     """
     path = engine.url.database
     queue = None
     if path and path != ":memory:" and not path.startswith("file:"):
-        queue = WriterQueue(path + ".writer-lock", busy_seconds)
+        queue = WriterQueue(path + ".writer-lock", busy_seconds, wal=os.path.abspath(path) + "-wal")
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        wal = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
         cursor.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=FULL")
+        # NORMAL: COMMIT writes the log without flushing it; the queue flushes it
+        # once the lock is let go, before the transaction's caller goes on.
+        # Without a queue (in-memory or URI databases) or a log, COMMIT flushes.
+        cursor.execute(f"PRAGMA synchronous={'NORMAL' if queue is not None and wal else 'FULL'}")
         if queue is not None:
             # Checkpoints run after the writer lock is let go (WriterQueue.committed);
             # SQLite's own, inside COMMIT, only as a safety net for a WAL of ~40 MB.
@@ -166,13 +174,20 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
                 commit(dbapi_connection)
             finally:
                 queue.release(dbapi_connection)
+            queue.flush()
             queue.committed(dbapi_connection)
 
         def do_rollback(dbapi_connection):
             try:
                 rollback(dbapi_connection)
             finally:
-                queue.release(dbapi_connection)
+                held = queue.release(dbapi_connection)
+            if held:
+                # What the transaction read may be another writer's commit not
+                # flushed yet: flushed before anything acts on it. (The pool's
+                # rollback of a connection given back, after a commit, holds
+                # nothing and flushes nothing.)
+                queue.flush()
 
         dialect.do_commit, dialect.do_rollback = do_commit, do_rollback
 
@@ -209,6 +224,17 @@ class WriterQueue:
     connections of one process (threads) still exclude each other, and a webhook
     pays two ``flock`` calls, not an open and a close as well. A forked child
     drops the files it inherited: they share their lock with the parent's.
+
+    Durability (``flush``): the connections run ``synchronous=NORMAL``, so COMMIT
+    appends the transaction to the write-ahead log without flushing it, and the
+    lock is let go at once; then the committer calls ``fdatasync`` on the log
+    before it goes on. The next writer builds its transaction while this one's
+    flush runs. What the committer goes on to do (a webhook's answer) therefore
+    still comes after its commit is on disk, as with ``synchronous=FULL``. A
+    later transaction's flush covers the log up to its own commit, which includes
+    every earlier commit it may have read; a checkpoint flushes the log before
+    copying it into the database (SQLite does so under NORMAL) and the log is
+    only started again once the database holds all of it.
     """
 
     # Copy the WAL into the database every this many commits of a process, once
@@ -216,8 +242,9 @@ class WriterQueue:
     CHECKPOINT_EVERY = 100
     SAFETY_CHECKPOINT_PAGES = 10_000
 
-    def __init__(self, path: str, timeout_seconds: float):
+    def __init__(self, path: str, timeout_seconds: float, wal: str | None = None):
         self.path = path
+        self.wal = wal  # the database's write-ahead log, flushed by ``flush``
         self.timeout = timeout_seconds
         self.files: dict[int, int] = {}  # id of the driver connection -> its lock file descriptor
         self.held: dict[int, int] = {}  # the same, for the connections holding the lock
@@ -263,6 +290,32 @@ class WriterQueue:
         self.held[key] = fd
         return time.monotonic() - started
 
+    def flush(self) -> None:
+        """``fdatasync`` the write-ahead log: every commit so far is on disk once it returns.
+
+        Opened for each flush, while the caller's connection is open (SQLite
+        removes the log only when the last connection closes), so the file
+        flushed is the log of now, never one a kept descriptor outlived. No log
+        means a connection not in WAL mode, which runs ``synchronous=FULL``. A log
+        that cannot be flushed fails the caller's transaction as a database
+        error (a webhook answers 503, and Twilio's retry finds what was kept).
+        """
+        if self.wal is None:
+            return
+        try:
+            try:
+                fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # not in WAL mode (yet): its COMMIT flushed itself
+                return
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("the write-ahead log %s could not be flushed: %s", self.wal, exc)
+            message = f"the write-ahead log could not be flushed: {exc}"
+            raise sqlite3.OperationalError(message) from exc
+
     def committed(self, dbapi_connection) -> None:
         self.commits += 1
         if self.commits % self.CHECKPOINT_EVERY:
@@ -272,13 +325,16 @@ class WriterQueue:
         except sqlite3.Error as exc:  # nothing is lost: the next one copies the same pages
             log.warning("WAL checkpoint failed: %s", exc)
 
-    def release(self, dbapi_connection) -> None:
+    def release(self, dbapi_connection) -> bool:
+        """Let go of the lock; whether the connection held it."""
         fd = self.held.pop(id(_driver(dbapi_connection)), None)
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            except OSError:  # closing the file lets the lock go in any case
-                self.forget(dbapi_connection)
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:  # closing the file lets the lock go in any case
+            self.forget(dbapi_connection)
+        return True
 
     def forget(self, dbapi_connection) -> None:
         """The connection is closing: let go of the lock and close its lock file.

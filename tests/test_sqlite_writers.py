@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from bot import AbortedPipelineNoise, WriterQueue
-from bot.extensions import db
+from bot.extensions import db, read_only
 from support import make_app
 
 
@@ -132,6 +132,17 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path):
     queue.forget("a")
 
 
+def _with_employee(app):
+    """Alice's line (LINE, cell CELL) added through the CLI, as an admin would."""
+    from support import CELL, LINE
+
+    added = app.test_cli_runner().invoke(
+        args=["employees", "add", "--name", "Alice", "--cell", CELL, "--line", LINE]
+    )
+    assert added.exit_code == 0, added.output
+    return app
+
+
 def _migrated_app(tmp_path, **overrides):
     """The app on a migrated SQLite database in ``tmp_path``, and its writer-lock file."""
     from support import migrate
@@ -215,3 +226,111 @@ def test_the_queue_and_sqlite_share_one_busy_timeout(tmp_path):
         assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 1000
         db.session.rollback()
         db.engine.dispose()
+
+
+def test_file_databases_flush_the_log_themselves_and_memory_ones_at_commit(tmp_path):
+    """NORMAL (the queue flushes the log after the lock) only where there is a queue."""
+    app, _lock = _migrated_app(tmp_path)
+    memory = make_app("sqlite://")
+    for each, level in ((app, 1), (memory, 2)):  # 1 = NORMAL, 2 = FULL
+        with each.app_context():
+            assert db.session.execute(text("PRAGMA synchronous")).scalar() == level
+            db.session.rollback()
+            db.engine.dispose()
+
+
+def _recording_flushes(monkeypatch, tmp_path, lock):
+    """Each fdatasync of the app: the file's inode, whether the writer lock was free,
+    and how many texts another connection could already read."""
+    import sqlite3
+
+    flushes = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        reader = sqlite3.connect(f"{tmp_path}/app.sqlite3")
+        try:
+            texts = reader.execute("SELECT count(*) FROM messages").fetchone()[0]
+        finally:
+            reader.close()
+        flushes.append((os.fstat(fd).st_ino, _free(lock), texts))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return flushes
+
+
+def test_a_webhook_flushes_the_log_once_after_the_lock_and_before_it_answers(tmp_path, monkeypatch):
+    """SPEC §7: a text is on disk before Twilio hears it was received. The one
+    ``fdatasync`` comes after COMMIT (another connection already reads the text)
+    and after the writer lock is let go (the next writer does not wait for it)."""
+    from support import CONTACT, LINE, Twilio
+
+    app, lock = _migrated_app(tmp_path)
+    client = Twilio(_with_employee(app).test_client())
+    client.post("/twilio/sms", {"MessageSid": "SM" + "6" * 32, "From": CONTACT, "To": LINE})
+    with app.app_context():
+        before = db.session.execute(text("SELECT count(*) FROM messages")).scalar()
+        db.session.rollback()
+    flushes = _recording_flushes(monkeypatch, tmp_path, lock)
+    params = {"MessageSid": "SM" + "7" * 32, "From": CONTACT, "To": LINE, "Body": "YES"}
+    response = client.post("/twilio/sms", params)
+    flushed = list(flushes)
+    assert response.status_code == 200
+    wal = os.stat(f"{tmp_path}/app.sqlite3-wal").st_ino
+    with app.app_context():
+        after = db.session.execute(text("SELECT count(*) FROM messages")).scalar()
+        db.session.rollback()
+        db.engine.dispose()
+    assert after > before
+    # One flush, with every text of the webhook committed: the pool's rollback of
+    # the connection given back flushes nothing.
+    assert flushed == [(wal, True, after)]
+
+
+def test_a_rolled_back_write_transaction_flushes_what_it_may_have_read(tmp_path, monkeypatch):
+    app, lock = _migrated_app(tmp_path)
+    flushes = _recording_flushes(monkeypatch, tmp_path, lock)
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the lock
+        db.session.rollback()
+        assert [free for _ino, free, _texts in flushes] == [True]
+        read_only()  # a reader (export, verify) holds no lock and flushes nothing
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+        assert len(flushes) == 1
+        db.engine.dispose()
+
+
+def test_a_log_that_cannot_be_flushed_answers_503_and_the_retry_finds_the_text(
+    tmp_path, monkeypatch
+):
+    """The disk refuses the flush: Twilio is not told the text arrived (503, so it
+    retries); the retry, once the disk is back, answers from what was kept."""
+    import errno
+
+    from support import CONTACT, LINE, Twilio, parse_twiml
+
+    app, _lock = _migrated_app(tmp_path)
+    client = Twilio(_with_employee(app).test_client())
+    params = {"MessageSid": "SM" + "8" * 32, "From": CONTACT, "To": LINE, "Body": "Hello"}
+    real = os.fdatasync
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    failed = client.post("/twilio/sms", params)
+    assert failed.status_code == 503 and failed.headers["Retry-After"] == "1"
+    monkeypatch.setattr(os, "fdatasync", real)
+    retried = client.post("/twilio/sms", params)
+    assert retried.status_code == 200
+    assert parse_twiml(retried.data)  # the answer kept for that MessageSid
+    with app.app_context():
+        kept = db.session.execute(
+            text("SELECT count(*) FROM messages WHERE twilio_sid = :sid"),
+            {"sid": params["MessageSid"]},
+        ).scalar()
+        db.session.rollback()
+        db.engine.dispose()
+    assert kept == 1
