@@ -103,6 +103,11 @@ def register_extensions(app: Flask) -> None:
             configure_sqlite(db.engine, app.config["DATABASE_BUSY_TIMEOUT"])
 
 
+def _null(_none: None) -> None:
+    """sqlite3's adapter for None: None, which it binds as NULL (see ``configure_sqlite``)."""
+    return None
+
+
 def configure_sqlite(engine, busy_seconds: int) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for every transaction.
 
@@ -119,6 +124,13 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
     comes after the writer lock is let go (``WriterQueue.flush``), so the next
     writer does not wait for this one's ``fdatasync``: see ``WriterQueue``.
     """
+    # sqlite3 binds exact ints, floats, strs and bytearrays at once; any other value,
+    # None (NULL) included, goes to its adapter registry first and, finding nothing
+    # there, formats and drops an AttributeError (PrepareProtocol has no __adapt__)
+    # before binding it all the same: some 50 of them a webhook. With an adapter
+    # registered for None, a NULL is bound after one lookup. The same for any
+    # connection of the process, and the same NULL.
+    sqlite3.register_adapter(type(None), _null)
     path = engine.url.database
     queue = None
     if path and path != ":memory:" and not path.startswith("file:"):

@@ -6,7 +6,7 @@ import logging
 from urllib.parse import parse_qsl, urlparse
 
 import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" error handler used below
-from flask import Blueprint, Request, Response, abort, current_app, request
+from flask import Blueprint, Config, Request, Response, abort, current_app, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from twilio.request_validator import RequestValidator, get_signature_algorithm
@@ -21,15 +21,25 @@ security_log = logging.getLogger("bot.security")
 bp = Blueprint("webhooks", __name__)
 
 
-def signed_url() -> str:
+def here() -> tuple[Request, Config]:
+    """This request and the app's configuration, each read once through its proxy.
+
+    Every attribute read on ``request`` or ``current_app`` is the proxy's own
+    failed lookup first (an AttributeError formatted and caught) and only then
+    the object's: the webhooks read them from these instead.
+    """
+    return request._get_current_object(), current_app._get_current_object().config
+
+
+def signed_url(req: Request, config: Config) -> str:
     """The URL Twilio signed: PUBLIC_BASE_URL + path when set, else this request's own.
 
     The query string is used exactly as it arrived (still percent-encoded), since
     that is the text Twilio signed; werkzeug's ``request.url`` re-encodes it.
     """
-    base = current_app.config["PUBLIC_BASE_URL"] or request.root_url.rstrip("/")
-    query = request.query_string.decode("latin-1")
-    return base + request.path + ("?" + query if query else "")
+    base = config["PUBLIC_BASE_URL"] or req.root_url.rstrip("/")
+    query = req.query_string.decode("latin-1")
+    return base + req.path + ("?" + query if query else "")
 
 
 URLENCODED = "application/x-www-form-urlencoded"
@@ -112,14 +122,13 @@ def twilio_signed(view):
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        req = request._get_current_object()  # once, not through the proxy each time
+        req, config = here()
         form = read_form(req)
-        config = current_app.config
         if config["TWILIO_VALIDATE_SIGNATURE"]:
             token = config.get("TWILIO_AUTH_TOKEN") or ""
             headers = req.headers
             signature = headers.get("X-Twilio-Signature", "")
-            url = signed_url()
+            url = signed_url(req, config)
             algorithm = get_signature_algorithm(headers.get("X-Twilio-Webhooks-Signature-Settings"))
             if not token or not signature_matches(token, url, form, signature, algorithm):
                 security_log.warning(
@@ -133,9 +142,9 @@ def twilio_signed(view):
     return wrapper
 
 
-def status_base() -> str:
+def status_base(req: Request, config: Config) -> str:
     """Where Twilio should report the delivery status of the texts we send."""
-    base = current_app.config["PUBLIC_BASE_URL"] or request.host_url.rstrip("/")
+    base = config["PUBLIC_BASE_URL"] or req.host_url.rstrip("/")
     return base + "/twilio/status"
 
 
@@ -146,16 +155,17 @@ def _xml(body: str, status: int = 200) -> Response:
 @bp.post("/twilio/sms")
 @twilio_signed
 def inbound_sms(form: dict[str, list[str]]):
+    req, config = here()
     try:
         inbound = relay.parse_form(
             first_values(form),
-            request.headers.get("I-Twilio-Idempotency-Token"),
-            signature_valid=True if current_app.config["TWILIO_VALIDATE_SIGNATURE"] else None,
+            req.headers.get("I-Twilio-Idempotency-Token"),
+            signature_valid=True if config["TWILIO_VALIDATE_SIGNATURE"] else None,
         )
     except relay.BadRequest as exc:
         log.warning("unusable inbound webhook: %s", exc)
         return _xml(twiml.EMPTY, 400)
-    return _xml(relay.handle_inbound(inbound, utcnow(), status_base()))
+    return _xml(relay.handle_inbound(inbound, utcnow(), status_base(req, config)))
 
 
 @bp.post("/twilio/status")
