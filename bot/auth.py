@@ -63,6 +63,14 @@ class PortalSessionInterface(SecureCookieSessionInterface):
             return self.session_class()
         return super().open_session(app, request)
 
+    def save_session(self, app, session, response) -> None:
+        # An empty session nothing read or wrote (every Twilio webhook): no cookie
+        # to set or delete and no Vary, which Flask's own concludes only after
+        # reading seven cookie settings, two of them through the request proxy.
+        if not session and not session.modified and not session.accessed:
+            return
+        super().save_session(app, session, response)
+
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
