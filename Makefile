@@ -83,6 +83,7 @@ bench-smoke: venv $(VENV)/.bench valgrind
 	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
 	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
 	$(BIN)/python -m bench.compare HEAD --rounds 1 --requests 100 --out bench/results/compare-smoke.json
+	$(BIN)/python -m bench.sched --rounds 1 --requests 100 --out bench/results/sched-smoke.json
 	$(BIN)/python -m bench.instructions --quick --target sqlite --out bench/results/instructions-smoke.json
 
 # Re-make the README's screenshots with the browser test.
