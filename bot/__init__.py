@@ -122,7 +122,8 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
     Every transaction is on disk before the code that ran it goes on (before a
     webhook answers Twilio), as with ``synchronous=FULL``, but the disk flush
     comes after the writer lock is let go (``WriterQueue.flush``), so the next
-    writer does not wait for this one's ``fdatasync``: see ``WriterQueue``.
+    writer does not wait for this one's ``fdatasync``; a reader's snapshot is
+    flushed as it is taken: see ``WriterQueue``.
     """
     # sqlite3 binds exact ints, floats, strs and bytearrays at once; any other value,
     # None (NULL) included, goes to its adapter registry first and, finding nothing
@@ -134,7 +135,9 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
     path = engine.url.database
     queue = None
     if path and path != ":memory:" and not path.startswith("file:"):
-        queue = WriterQueue(path + ".writer-lock", busy_seconds, wal=os.path.abspath(path) + "-wal")
+        # SQLite follows a symlink to the database and keeps its log beside the real file.
+        real = os.path.realpath(path)
+        queue = WriterQueue(path + ".writer-lock", busy_seconds, wal=real + "-wal")
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -145,8 +148,10 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         # NORMAL: COMMIT writes the log without flushing it; the queue flushes it
         # once the lock is let go, before the transaction's caller goes on.
-        # Without a queue (in-memory or URI databases) or a log, COMMIT flushes.
-        cursor.execute(f"PRAGMA synchronous={'NORMAL' if queue is not None and wal else 'FULL'}")
+        # Without a queue (in-memory or URI databases), or a log where the queue
+        # looks for it, COMMIT flushes itself.
+        deferred = queue is not None and wal and queue.defer(dbapi_connection)
+        cursor.execute(f"PRAGMA synchronous={'NORMAL' if deferred else 'FULL'}")
         if queue is not None:
             # Checkpoints run after the writer lock is let go (WriterQueue.committed);
             # SQLite's own, inside COMMIT, only as a safety net for a WAL of ~40 MB.
@@ -155,13 +160,28 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        if connection.get_execution_options().get(READ_ONLY):
-            connection.exec_driver_sql("BEGIN DEFERRED")
-            return
         if queue is None:
-            statements.command(connection, "BEGIN IMMEDIATE")
+            if connection.get_execution_options().get(READ_ONLY):
+                connection.exec_driver_sql("BEGIN DEFERRED")
+            else:
+                statements.command(connection, "BEGIN IMMEDIATE")
             return
         driver = connection.connection.dbapi_connection
+        try:
+            queue.began(driver)  # refused after a failed flush; flushed when it ends
+        except sqlite3.Error as exc:  # as a database error, like BEGIN's own (503)
+            connection._handle_dbapi_exception(exc, "BEGIN", (), None, None)
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+            # A reader acts on what it read before any commit of its own (an export
+            # written out, reconcile's sends): its snapshot is taken now and flushed.
+            try:
+                driver.execute("PRAGMA schema_version").close()
+                queue.flush(driver)
+            except sqlite3.Error as exc:
+                connection._handle_dbapi_exception(exc, "PRAGMA schema_version", (), None, None)
+            queue.ended(driver)  # its snapshot cannot change: nothing left to flush at its end
+            return
         waited = queue.acquire(driver)
         if waited is not None and waited < 0.001:
             statements.command(connection, "BEGIN IMMEDIATE")
@@ -185,21 +205,23 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
             try:
                 commit(dbapi_connection)
             finally:
+                queue.ended(dbapi_connection)
                 queue.release(dbapi_connection)
-            queue.flush()
+            queue.flush(dbapi_connection)
             queue.committed(dbapi_connection)
 
         def do_rollback(dbapi_connection):
             try:
                 rollback(dbapi_connection)
             finally:
-                held = queue.release(dbapi_connection)
-            if held:
+                began = queue.ended(dbapi_connection)
+                queue.release(dbapi_connection)
+            if began:
                 # What the transaction read may be another writer's commit not
                 # flushed yet: flushed before anything acts on it. (The pool's
-                # rollback of a connection given back, after a commit, holds
-                # nothing and flushes nothing.)
-                queue.flush()
+                # rollback of a connection given back, after a commit, ends no
+                # transaction and flushes nothing.)
+                queue.flush(dbapi_connection)
 
         dialect.do_commit, dialect.do_rollback = do_commit, do_rollback
 
@@ -242,11 +264,23 @@ class WriterQueue:
     lock is let go at once; then the committer calls ``fdatasync`` on the log
     before it goes on. The next writer builds its transaction while this one's
     flush runs. What the committer goes on to do (a webhook's answer) therefore
-    still comes after its commit is on disk, as with ``synchronous=FULL``. A
-    later transaction's flush covers the log up to its own commit, which includes
-    every earlier commit it may have read; a checkpoint flushes the log before
-    copying it into the database (SQLite does so under NORMAL) and the log is
-    only started again once the database holds all of it.
+    still comes after its commit is on disk, as with ``synchronous=FULL``.
+
+    Under NORMAL a commit can be read before it is flushed, so every transaction
+    that began is flushed when it ends, commit or rollback, before its caller
+    acts on what it read: the flush covers the log up to the end of what the
+    transaction saw, every earlier commit included. A reader (``read_only()``:
+    exports, ``audit verify``, reconcile's look-ups) is flushed as soon as its
+    snapshot is taken, since it acts while it reads. A writer must not act
+    outside (answer, send) before its transaction ends; none does. A checkpoint
+    flushes the log before copying it into the database (SQLite does so under
+    NORMAL), and the log is only started again once the database holds all of it.
+
+    A flush that fails may have lost pages the kernel will not write again, and
+    a later ``fdatasync`` would not say so: the queue then refuses every
+    transaction of the process, and of any process of this database while the
+    marker file beside it (``<database>.unflushed``) exists, until the disk is
+    checked, the marker removed and the app restarted.
     """
 
     # Copy the WAL into the database every this many commits of a process, once
@@ -257,9 +291,13 @@ class WriterQueue:
     def __init__(self, path: str, timeout_seconds: float, wal: str | None = None):
         self.path = path
         self.wal = wal  # the database's write-ahead log, flushed by ``flush``
+        self.marker = wal[: -len("-wal")] + ".unflushed" if wal else None
+        self.failed: str | None = None  # why a flush of this process failed
         self.timeout = timeout_seconds
         self.files: dict[int, int] = {}  # id of the driver connection -> its lock file descriptor
         self.held: dict[int, int] = {}  # the same, for the connections holding the lock
+        self.deferred: set[int] = set()  # connections on synchronous=NORMAL, flushed here
+        self.open: set[int] = set()  # connections in a transaction that began
         self.commits = 0
         _QUEUES.add(self)
 
@@ -267,6 +305,8 @@ class WriterQueue:
         inherited = list(self.files.values())
         self.files.clear()
         self.held.clear()
+        self.deferred.clear()
+        self.open.clear()
         for fd in inherited:  # the child's copies; the parent's lock stays the parent's
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -302,31 +342,82 @@ class WriterQueue:
         self.held[key] = fd
         return time.monotonic() - started
 
-    def flush(self) -> None:
+    def defer(self, dbapi_connection) -> bool:
+        """Whether this new connection (in WAL mode) can leave its flushes to the queue:
+        only if its log is where the queue will flush it."""
+        if self.wal is None or not os.path.exists(self.wal):
+            # A database still empty has none yet (SQLite makes it with the first
+            # write); elsewhere, a log SQLite keeps where the queue cannot see it.
+            log.info("no write-ahead log at %s: COMMIT flushes itself", self.wal)
+            return False
+        self.deferred.add(id(_driver(dbapi_connection)))
+        return True
+
+    def began(self, dbapi_connection) -> None:
+        """A transaction begins: refused after a failed flush, flushed when it ends."""
+        if self.failed is not None or (self.marker and os.path.exists(self.marker)):
+            raise sqlite3.OperationalError(
+                f"writes and reads refused: a flush of {self.wal} failed"
+                f" ({self.failed or 'in another process'}); check the disk, then remove"
+                f" {self.marker} and restart"
+            )
+        self.open.add(id(_driver(dbapi_connection)))
+
+    def ended(self, dbapi_connection) -> bool:
+        """The connection's transaction ends; whether one had begun."""
+        key = id(_driver(dbapi_connection))
+        if key in self.open:
+            self.open.discard(key)
+            return True
+        return False
+
+    def flush(self, dbapi_connection) -> None:
         """``fdatasync`` the write-ahead log: every commit so far is on disk once it returns.
 
         Opened for each flush, while the caller's connection is open (SQLite
         removes the log only when the last connection closes), so the file
-        flushed is the log of now, never one a kept descriptor outlived. No log
-        means a connection not in WAL mode, which runs ``synchronous=FULL``. A log
-        that cannot be flushed fails the caller's transaction as a database
-        error (a webhook answers 503, and Twilio's retry finds what was kept).
+        flushed is the log of now, never one a kept descriptor outlived. A
+        connection on ``synchronous=FULL`` (not in WAL mode) may find no log,
+        and its COMMIT flushed itself; one on NORMAL must find it. A log that
+        cannot be flushed fails the caller's transaction as a database error
+        (a webhook answers 503) and every later one (see the class).
         """
         if self.wal is None:
             return
         try:
             try:
                 fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:  # not in WAL mode (yet): its COMMIT flushed itself
-                return
+            except FileNotFoundError:
+                if id(_driver(dbapi_connection)) not in self.deferred:
+                    return
+                raise
             try:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
-            log.error("the write-ahead log %s could not be flushed: %s", self.wal, exc)
+            self._failed(exc)
             message = f"the write-ahead log could not be flushed: {exc}"
             raise sqlite3.OperationalError(message) from exc
+
+    def _failed(self, exc: OSError) -> None:
+        self.failed = str(exc)
+        log.critical(
+            "the write-ahead log %s could not be flushed (%s): what was committed may"
+            " not be on disk; every transaction is refused until the disk is checked,"
+            " %s removed and the app restarted",
+            self.wal,
+            exc,
+            self.marker,
+        )
+        try:  # tells the other processes; a disk that takes no file leaves it to this one
+            fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, f"{exc}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as marker_error:
+            log.critical("could not write %s: %s", self.marker, marker_error)
 
     def committed(self, dbapi_connection) -> None:
         self.commits += 1
@@ -355,6 +446,8 @@ class WriterQueue:
         copy of the file is open (a child forked meanwhile).
         """
         key = id(_driver(dbapi_connection))
+        self.deferred.discard(key)
+        self.open.discard(key)
         held = self.held.pop(key, None)
         fd = self.files.pop(key, None)
         if fd is None:

@@ -25,7 +25,7 @@ from bot import evidence, phones, relay, texts
 from bot import settings as org_settings
 from bot.auth import current_admin, login_required
 from bot.consent import State
-from bot.extensions import db
+from bot.extensions import db, read_only
 from bot.forms import (
     ActionForm,
     ContactNameForm,
@@ -445,6 +445,9 @@ def log_csv():
 
         writer.writerow(LOG_COLUMNS)
         yield flush()
+        # A reader's snapshot, flushed to disk before its rows go out, and holding no
+        # writer lock however long the download takes (webhooks go on meanwhile).
+        read_only()
         result = db.session.execute(stmt).scalars()
         try:
             for message in result:

@@ -1,6 +1,8 @@
 """The portal (SPEC §11): sign-in, sessions, CSRF, throttling, headers, and every view."""
 
 import re
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -177,6 +179,29 @@ def test_a_webhook_opens_no_session_and_sets_no_cookie(twilio, employee, client,
     # The same client's next page still gets a session, and signs in with it.
     assert login(client).status_code == 302
     assert client.get("/").status_code == 200
+
+
+def test_a_page_that_read_the_empty_session_varies_on_cookie(client, admin):
+    """Nothing to store, but the answer depended on the cookie (here: none, so the
+    sign-in redirect): caches are told so, as Flask does."""
+    response = client.get("/")
+    assert response.status_code == 302 and "Set-Cookie" not in response.headers
+    assert "Cookie" in response.headers.get("Vary", "")
+
+
+def test_a_session_emptied_by_the_request_has_its_cookie_deleted(app):
+    """The session interface's shortcut for an untouched empty session leaves the
+    other cases to Flask: one emptied during the request deletes its cookie."""
+    from flask import Response
+
+    interface = app.session_interface
+    with app.test_request_context("/"):
+        session = interface.session_class({"sid": "x"})
+        session.clear()  # modified, now empty
+        response = Response()
+        interface.save_session(app, session, response)
+    [deleted] = response.headers.getlist("Set-Cookie")
+    assert deleted.startswith("consentline=;") and "Expires=Thu, 01 Jan 1970" in deleted
 
 
 def test_https_cookie_is_host_prefixed_and_secure(client, admin):
@@ -412,6 +437,34 @@ def test_revocation_hint_review(app, portal, twilio):
         )
         assert state.scalar_one().value == "opted_out"
     assert b"Nothing waiting for review" in portal.get("/").data
+
+
+@pytest.mark.parametrize("env_overrides", [{"DATABASE_BUSY_TIMEOUT": "1"}])
+def test_a_log_download_holds_up_no_webhook(app, portal, twilio):
+    """The CSV goes out row by row from a reader's snapshot: a webhook arriving in
+    the middle of the download is answered at once (on SQLite the download takes
+    no writer lock; with one, the webhook would wait out the busy timeout: 503)."""
+    twilio.sms("+14155550177", "Other contact")
+    download = portal.get("/log.csv", buffered=False)
+    chunks = iter(download.response)
+    assert next(chunks).startswith(b"time,direction,line,contact")
+    first_row = next(chunks)  # the query has run: the download is mid-way
+    answered = {}
+
+    def webhook():  # as another worker would, while the download waits on its browser
+        started = time.monotonic()
+        answered["sent"] = Twilio(app.test_client()).sms("+14155550188", "Hello meanwhile")
+        answered["seconds"] = time.monotonic() - started
+
+    other = threading.Thread(target=webhook)
+    other.start()
+    other.join(timeout=30)
+    assert answered["sent"] and answered["seconds"] < 0.9
+    rest = b"".join(chunks)
+    download.close()
+    assert b"Hi there" in first_row + rest and b"Other contact" in first_row + rest
+    # The download's snapshot was taken before the webhook: its text is not in it.
+    assert b"Hello meanwhile" not in first_row + rest
 
 
 def test_log_filters_export_and_verify(app, portal, twilio):

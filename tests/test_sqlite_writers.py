@@ -295,18 +295,43 @@ def test_a_rolled_back_write_transaction_flushes_what_it_may_have_read(tmp_path,
         db.session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the lock
         db.session.rollback()
         assert [free for _ino, free, _texts in flushes] == [True]
-        read_only()  # a reader (export, verify) holds no lock and flushes nothing
-        db.session.execute(text("SELECT 1"))
+        with db.engine.connect() as conn:  # the pool's rollback of it flushes nothing
+            conn.exec_driver_sql("SELECT 1")
+            conn.commit()
+        assert len(flushes) == 2
         db.session.rollback()
-        assert len(flushes) == 1
         db.engine.dispose()
 
 
-def test_a_log_that_cannot_be_flushed_answers_503_and_the_retry_finds_the_text(
-    tmp_path, monkeypatch
-):
-    """The disk refuses the flush: Twilio is not told the text arrived (503, so it
-    retries); the retry, once the disk is back, answers from what was kept."""
+def test_a_reader_flushes_its_snapshot_before_it_reads(tmp_path, monkeypatch):
+    """A reader (an export, reconcile's look-ups) acts on what it reads before any
+    commit of its own: another connection's commit, readable and not flushed yet,
+    is on disk before the reader's first row."""
+    import sqlite3
+
+    app, lock = _migrated_app(tmp_path)
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()  # the app's connection exists, on NORMAL
+        writer = sqlite3.connect(f"{tmp_path}/app.sqlite3", isolation_level=None)
+        writer.execute("PRAGMA synchronous=OFF")  # its commit leaves the log unflushed
+        writer.execute("UPDATE settings SET value = value")
+        flushes = _recording_flushes(monkeypatch, tmp_path, lock)
+        read_only()
+        assert len(flushes) == 1 and flushes[0][1]  # flushed as it began, holding no lock
+        db.session.execute(text("SELECT count(*) FROM messages")).scalar()
+        db.session.rollback()
+        assert len(flushes) == 1  # and not again at its end: its snapshot did not move
+        writer.close()
+        db.engine.dispose()
+
+
+def test_a_log_that_cannot_be_flushed_refuses_everything_until_checked(tmp_path, monkeypatch):
+    """The disk refuses the flush: Twilio is not told the text arrived (503). The
+    kernel may have dropped those pages and a later fdatasync would not say so, so
+    the retry is refused too, in this process and in any other while the marker
+    file is there; once it is removed and the app restarted, the retry is answered
+    from what was kept."""
     import errno
 
     from support import CONTACT, LINE, Twilio, parse_twiml
@@ -323,10 +348,21 @@ def test_a_log_that_cannot_be_flushed_answers_503_and_the_retry_finds_the_text(
     failed = client.post("/twilio/sms", params)
     assert failed.status_code == 503 and failed.headers["Retry-After"] == "1"
     monkeypatch.setattr(os, "fdatasync", real)
-    retried = client.post("/twilio/sms", params)
+    marker = tmp_path / "app.sqlite3.unflushed"
+    assert marker.exists()
+    assert client.post("/twilio/sms", params).status_code == 503  # this process
+    other = make_app(f"sqlite:///{tmp_path}/app.sqlite3")
+    assert Twilio(other.test_client()).post("/twilio/sms", params).status_code == 503
+    assert other.test_client().get("/healthz").status_code == 503
+    marker.unlink()
+    restarted = make_app(f"sqlite:///{tmp_path}/app.sqlite3")
+    retried = Twilio(restarted.test_client()).post("/twilio/sms", params)
     assert retried.status_code == 200
     assert parse_twiml(retried.data)  # the answer kept for that MessageSid
-    with app.app_context():
+    for each in (app, other, restarted):
+        with each.app_context():
+            db.engine.dispose()
+    with restarted.app_context():
         kept = db.session.execute(
             text("SELECT count(*) FROM messages WHERE twilio_sid = :sid"),
             {"sid": params["MessageSid"]},
@@ -334,6 +370,32 @@ def test_a_log_that_cannot_be_flushed_answers_503_and_the_retry_finds_the_text(
         db.session.rollback()
         db.engine.dispose()
     assert kept == 1
+
+
+def test_a_database_behind_a_symlink_is_flushed_where_sqlite_keeps_its_log(tmp_path, monkeypatch):
+    """SQLite follows the link and keeps the log beside the real file: that is the
+    file flushed (else a NORMAL connection would never be flushed at all)."""
+    from support import CONTACT, LINE, Twilio
+
+    _migrated_app(tmp_path)
+    linked = tmp_path / "elsewhere"
+    linked.mkdir()
+    (linked / "app.sqlite3").symlink_to(tmp_path / "app.sqlite3")
+    app = _with_employee(make_app(f"sqlite:///{linked}/app.sqlite3"))
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    params = {"MessageSid": "SM" + "9" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
+    assert Twilio(app.test_client()).post("/twilio/sms", params).status_code == 200
+    assert not (linked / "app.sqlite3-wal").exists()
+    assert os.stat(tmp_path / "app.sqlite3-wal").st_ino in synced
+    with app.app_context():
+        db.engine.dispose()
 
 
 def test_none_is_bound_through_an_adapter_and_stays_null(tmp_path):
