@@ -53,6 +53,15 @@ def contact_number(n: int) -> str:
     return f"+1{area}{201 + (rest // 10000) % 799:03d}{rest % 10000:04d}"
 
 
+def add_round_arguments(parser, rounds_help: str = "rounds per target") -> None:
+    """The options of the side-by-side benches (``run``, ``compare``, ``sched``)."""
+    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
+    parser.add_argument("--requests", type=int, default=3000, help="webhooks per round")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per round, at most")
+    parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for every server")
+
+
 def python() -> str:
     return sys.executable
 

@@ -223,12 +223,8 @@ def ratio(a, b):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="app rounds per backend")
-    parser.add_argument("--requests", type=int, default=3000, help="webhooks per round")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per round, at most")
+    common.add_round_arguments(parser, "app rounds per backend")
     parser.add_argument("--warmup", type=int, default=300, help="webhooks per server, untimed")
-    parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for every server")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument(
         "--profile",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import common
 from bench.load import drive, summarize, workload
+from bench.run import one_round as plain_round
 from bench.run import prepare
 
 TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -105,11 +106,7 @@ def line(r: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per target")
-    parser.add_argument("--requests", type=int, default=3000, help="webhooks per round")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per round, at most")
-    parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for both servers")
+    common.add_round_arguments(parser)
     parser.add_argument("--out", type=Path, default=common.RESULTS / "sched.json")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -133,8 +130,7 @@ def main(argv=None) -> None:
         ):
             for n, server in enumerate((bare, app)):  # warm-up, untimed
                 warm = min(300, args.requests)
-                scripts = workload(warm, seed=1, contact_base=900_000 + 10_000 * n)
-                asyncio.run(drive(server.sms_url, scripts, args.concurrency, warm, args.time_cap))
+                plain_round(server, warm, args.concurrency, args.time_cap, 1, 900_000 + 10_000 * n)
             for i in range(args.rounds):
                 for server in (bare, app):
                     r = one_round(server, args.requests, 10 + i, 100_000 * (i + 1), args)

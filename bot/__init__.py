@@ -168,20 +168,21 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
             return
         driver = connection.connection.dbapi_connection
         try:
-            queue.began(driver)  # refused after a failed flush; flushed when it ends
+            queue.check()  # refused after a failed flush
         except sqlite3.Error as exc:  # as a database error, like BEGIN's own (503)
             connection._handle_dbapi_exception(exc, "BEGIN", (), None, None)
         if connection.get_execution_options().get(READ_ONLY):
             connection.exec_driver_sql("BEGIN DEFERRED")
             # A reader acts on what it read before any commit of its own (an export
-            # written out, reconcile's sends): its snapshot is taken now and flushed.
+            # written out, reconcile's sends): its snapshot is taken now and flushed,
+            # and cannot change after, so nothing is left to flush at its end.
             try:
                 driver.execute("PRAGMA schema_version").close()
                 queue.flush(driver)
             except sqlite3.Error as exc:
                 connection._handle_dbapi_exception(exc, "PRAGMA schema_version", (), None, None)
-            queue.ended(driver)  # its snapshot cannot change: nothing left to flush at its end
             return
+        queue.began(driver)  # flushed when it ends
         waited = queue.acquire(driver)
         if waited is not None and waited < 0.001:
             statements.command(connection, "BEGIN IMMEDIATE")
@@ -266,10 +267,10 @@ class WriterQueue:
     flush runs. What the committer goes on to do (a webhook's answer) therefore
     still comes after its commit is on disk, as with ``synchronous=FULL``.
 
-    Under NORMAL a commit can be read before it is flushed, so every transaction
-    that began is flushed when it ends, commit or rollback, before its caller
-    acts on what it read: the flush covers the log up to the end of what the
-    transaction saw, every earlier commit included. A reader (``read_only()``:
+    Under NORMAL a commit can be read before it is flushed, so every writer's
+    transaction that began is flushed when it ends, commit or rollback, before
+    its caller acts on what it read: the flush covers the log up to the end of
+    what the transaction saw, every earlier commit included. A reader (``read_only()``:
     exports, ``audit verify``, reconcile's look-ups) is flushed as soon as its
     snapshot is taken, since it acts while it reads. A writer must not act
     outside (answer, send) before its transaction ends; none does. A checkpoint
@@ -297,7 +298,7 @@ class WriterQueue:
         self.files: dict[int, int] = {}  # id of the driver connection -> its lock file descriptor
         self.held: dict[int, int] = {}  # the same, for the connections holding the lock
         self.deferred: set[int] = set()  # connections on synchronous=NORMAL, flushed here
-        self.open: set[int] = set()  # connections in a transaction that began
+        self.open: set[int] = set()  # connections in a writer's transaction that began
         self.commits = 0
         _QUEUES.add(self)
 
@@ -353,23 +354,25 @@ class WriterQueue:
         self.deferred.add(id(_driver(dbapi_connection)))
         return True
 
-    def began(self, dbapi_connection) -> None:
-        """A transaction begins: refused after a failed flush, flushed when it ends."""
+    def check(self) -> None:
+        """Refuse a transaction once a flush has failed, here or in another process."""
         if self.failed is not None or (self.marker and os.path.exists(self.marker)):
             raise sqlite3.OperationalError(
                 f"writes and reads refused: a flush of {self.wal} failed"
                 f" ({self.failed or 'in another process'}); check the disk, then remove"
                 f" {self.marker} and restart"
             )
+
+    def began(self, dbapi_connection) -> None:
+        """A writer's transaction begins: it is flushed when it ends, commit or rollback."""
         self.open.add(id(_driver(dbapi_connection)))
 
     def ended(self, dbapi_connection) -> bool:
-        """The connection's transaction ends; whether one had begun."""
+        """The connection's transaction ends; whether a writer's had begun."""
         key = id(_driver(dbapi_connection))
-        if key in self.open:
-            self.open.discard(key)
-            return True
-        return False
+        began = key in self.open
+        self.open.discard(key)
+        return began
 
     def flush(self, dbapi_connection) -> None:
         """``fdatasync`` the write-ahead log: every commit so far is on disk once it returns.

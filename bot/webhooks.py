@@ -117,7 +117,8 @@ def signature_matches(
 def twilio_signed(view):
     """Answer 403, and change nothing, unless Twilio signed this request.
 
-    The view is given the form the signature was checked over (``read_form``).
+    The view is given the form the signature was checked over (``read_form``),
+    the request and the app's configuration (``here``).
     """
 
     @functools.wraps(view)
@@ -137,7 +138,7 @@ def twilio_signed(view):
                     extra={"url": url, "remote_addr": req.remote_addr},
                 )
                 abort(403)
-        return view(form, *args, **kwargs)
+        return view(form, req, config, *args, **kwargs)
 
     return wrapper
 
@@ -154,8 +155,7 @@ def _xml(body: str, status: int = 200) -> Response:
 
 @bp.post("/twilio/sms")
 @twilio_signed
-def inbound_sms(form: dict[str, list[str]]):
-    req, config = here()
+def inbound_sms(form: dict[str, list[str]], req: Request, config: Config):
     try:
         inbound = relay.parse_form(
             first_values(form),
@@ -170,8 +170,8 @@ def inbound_sms(form: dict[str, list[str]]):
 
 @bp.post("/twilio/status")
 @twilio_signed
-def status_callback(form: dict[str, list[str]]):
-    relay.handle_status(request.args.get("ref"), first_values(form), utcnow())
+def status_callback(form: dict[str, list[str]], req: Request, config: Config):
+    relay.handle_status(req.args.get("ref"), first_values(form), utcnow())
     return _xml(twiml.EMPTY)
 
 

@@ -7,7 +7,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bot.extensions import db
-from support import BACKENDS, CELL, LINE, TABLES, TEST_DATABASE_URL, Twilio, make_app, migrate
+from support import (
+    BACKENDS,
+    TABLES,
+    TEST_DATABASE_URL,
+    Twilio,
+    add_alice,
+    make_app,
+    migrate,
+)
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +83,7 @@ def runner(app):
 @pytest.fixture
 def employee(runner):
     """Alice, whose line is LINE and cell CELL, following the default mode."""
-    result = runner.invoke(
-        args=["employees", "add", "--name", "Alice", "--cell", CELL, "--line", LINE]
-    )
-    assert result.exit_code == 0, result.output
-    return "Alice"
+    return add_alice(runner)
 
 
 @pytest.fixture

@@ -52,6 +52,15 @@ def base_env(database_url: str, **overrides: str) -> dict[str, str]:
     return env
 
 
+def add_alice(runner) -> str:
+    """Alice, whose line is LINE and cell CELL, added through the CLI as an admin would."""
+    result = runner.invoke(
+        args=["employees", "add", "--name", "Alice", "--cell", CELL, "--line", LINE]
+    )
+    assert result.exit_code == 0, result.output
+    return "Alice"
+
+
 def make_app(database_url: str, **overrides: str):
     return create_app({"TESTING": True}, env=base_env(database_url, **overrides))
 

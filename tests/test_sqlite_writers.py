@@ -133,13 +133,10 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path):
 
 
 def _with_employee(app):
-    """Alice's line (LINE, cell CELL) added through the CLI, as an admin would."""
-    from support import CELL, LINE
+    """The app, with Alice's line (LINE, cell CELL)."""
+    from support import add_alice
 
-    added = app.test_cli_runner().invoke(
-        args=["employees", "add", "--name", "Alice", "--cell", CELL, "--line", LINE]
-    )
-    assert added.exit_code == 0, added.output
+    add_alice(app.test_cli_runner())
     return app
 
 
