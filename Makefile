@@ -61,6 +61,7 @@ $(VENV)/.bench: bench/requirements.txt | $(VENV)/.installed
 # drop their Postgres databases through BENCH_PG_ADMIN (default: the local
 # server); queries.py counts on SQLite.
 bench: venv $(VENV)/.bench
+	$(BIN)/python -m bench.check_client
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc
 	$(BIN)/python -m bench.run
@@ -77,6 +78,8 @@ bench-scale: venv $(VENV)/.bench
 
 # The same, tiny and quick: shows the benchmarks still work (figures not asserted).
 bench-smoke: venv $(VENV)/.bench valgrind
+	$(BIN)/python -m bench.check_client
+	$(BIN)/python -m bench.load --ceiling --requests 100 --client aiohttp
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc --rounds 1 --requests 100
 	$(BIN)/python -m bench.pieces --requests 100

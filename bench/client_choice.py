@@ -1,4 +1,4 @@
-"""Why aiohttp: both candidate clients against the same trivial server, same requests.
+"""Why the lean client: the candidate clients against the same trivial server, same requests.
 
     .venv/bin/python -m bench.client_choice [--requests 3000] [--concurrency 8]
 
@@ -7,10 +7,14 @@ httpx is not a dependency of the bench; to include it without touching the venv:
     .venv/bin/pip install --target /tmp/bench-httpx httpx
     PYTHONPATH=/tmp/bench-httpx .venv/bin/python -m bench.client_choice
 
-Each client sends the same pre-signed webhooks (``bench.load.workload``) with the same
-concurrency and no keep-alive (gunicorn's sync workers close every connection). The
-figure that matters is the generator's CPU per request: the less it spends, the less
-it takes from the two cores the servers under test share with it.
+The clients: the generator's own (``bench.load``, asyncio's transports on uvloop
+with httptools' parser), aiohttp (on asyncio's loop, as the generator used it
+before) and httpx (if installed). Each client sends the same pre-signed webhooks
+(``bench.load.workload``) with the same concurrency and no keep-alive (gunicorn's
+sync workers close every connection). The figure that matters is the generator's CPU
+per request: the less it spends, the less it takes from the two cores the servers
+under test share with it, and the less the bare endpoint's rounds measure the
+generator instead of the endpoint.
 """
 
 import argparse
@@ -20,6 +24,8 @@ import resource
 import socket
 import subprocess
 import time
+
+import uvloop
 
 from bench.common import free_port, python
 from bench.load import drive, latency_summary, workload
@@ -50,9 +56,9 @@ async def drive_httpx(url, scripts, concurrency):
     return latencies, statuses
 
 
-def measure(name, coro_factory, n):
+def measure(name, coro_factory, n, run=asyncio.run):
     cpu0, t0 = _cpu(), time.perf_counter()
-    latencies = asyncio.run(coro_factory())
+    latencies = run(coro_factory())
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
     return {
         "client": name,
@@ -87,8 +93,13 @@ def main() -> None:
             scripts = workload(n, seed=attempt, contact_base=8_000_000)
             total = min(n, sum(map(len, scripts)))
 
-            async def with_aiohttp(scripts=scripts):
+            async def with_lean(scripts=scripts):
                 return (await drive(url, scripts, c, n, 120)).latencies
+
+            results.append(measure("lean (uvloop + httptools)", with_lean, total, uvloop.run))
+
+            async def with_aiohttp(scripts=scripts):
+                return (await drive(url, scripts, c, n, 120, client="aiohttp")).latencies
 
             results.append(measure("aiohttp", with_aiohttp, total))
             try:

@@ -60,6 +60,12 @@ def add_round_arguments(parser, rounds_help: str = "rounds per target") -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per round, at most")
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for every server")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="the load generator's client (bench.load): aiohttp shows what its cost does",
+    )
 
 
 def python() -> str:
@@ -338,7 +344,8 @@ def machine_info() -> dict:
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         mem = f.readline().split(":", 1)[1].strip()
     packages = {}
-    for name in ("flask", "sqlalchemy", "psycopg", "gunicorn", "twilio", "aiohttp", "werkzeug"):
+    names = ("flask", "sqlalchemy", "psycopg", "gunicorn", "twilio", "werkzeug")
+    for name in (*names, "aiohttp", "uvloop", "httptools"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             packages[name] = metadata.version(name)
     return {

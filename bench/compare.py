@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     pg_names: dict[str, str] = {}
     logs = common.RESULTS / "logs"
     report: dict = {"machine": common.machine_info(), "command": common.command_line()}
+    report["client"] = args.client
     try:
         with contextlib.ExitStack() as stack:
             trees = {"A": stack.enter_context(_checkout(args.a, tmp))}
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 )
             for i, server in enumerate(servers.values()):  # warm-up, untimed
-                one_round(server, 300, args.concurrency, 30, 7, 5_000_000 + 100_000 * i)
+                base = 5_000_000 + 100_000 * i
+                one_round(server, 300, args.concurrency, 30, 7, base, client=args.client)
             schedule = []
             for _ in range(args.rounds):
                 for backend in backends:

@@ -17,15 +17,19 @@ on one of several lines (``bench.common.LINES``):
 Every request carries the full parameter set Twilio sends (``ToCountry``, ``SmsSid``,
 ``NumSegments``, ``ApiVersion``…), so signature validation costs what it costs in
 production. All requests are built, form-encoded and signed with twilio's
-``RequestValidator`` *before* the timed phase: sending one is a single aiohttp call
-with a ready ``bytes`` body and ready headers.
+``RequestValidator`` *before* the timed phase, and written out as the bytes of an
+HTTP/1.1 request: sending one is a connect, one write, the answer parsed, a close.
 
 Sending: ``concurrency`` coroutines, each keeping a few scripts in play and sending
 their steps round-robin, so one contact's webhooks always go one after another (a
 YES never overtakes the first text) while different contacts interleave. Bounded by
 a request count and a time cap.
 
-Client: aiohttp (``bench/README.md`` says why, with figures).
+Client: asyncio's transports on uvloop's event loop (libuv) with httptools' parser
+(llhttp, Node's) for the answers: about a sixth of aiohttp's CPU a request, so the
+generator takes little of the cores it shares with the servers under test
+(``bench/README.md``, ``python -m bench.client_choice``). ``client="aiohttp"`` keeps
+the aiohttp client, to show what the generator's own cost does to the ratios.
 
 ``python -m bench.load --ceiling`` measures the generator's own ceiling against a
 trivial asyncio HTTP server in another process.
@@ -43,10 +47,10 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-import aiohttp
-import yarl
+import httptools
+import uvloop
 from twilio.request_validator import RequestValidator
 
 from bench.common import LINES, SIGNED_SMS_URL, TOKEN, contact_number, free_port, python
@@ -231,19 +235,84 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def drive(
-    url: str,
-    scripts: list[list[Signed]],
-    concurrency: int,
-    max_requests: int,
-    time_cap: float,
-    active_per_worker: int = 4,
-    timeout: float = 30.0,
-) -> Run:
-    run = Run()
-    source = iter(scripts)
-    budget = max_requests
-    # gunicorn's sync workers close every connection, so keep-alive is off here too.
+CLIENTS = ("lean", "aiohttp")
+
+
+class _Exchange(asyncio.Protocol):
+    """One webhook on one connection: the request written as it was prepared, the
+    answer parsed by httptools (status line, headers, a body of Content-Length or
+    chunked), then the connection closed, as gunicorn's sync workers close theirs."""
+
+    def __init__(self, request: bytes, done: asyncio.Future):
+        self.request = request
+        self.done = done
+        self.transport = None
+        self.parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data):
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._end(exc)
+
+    def on_message_complete(self):  # httptools' callback
+        self._end(self.parser.get_status_code())
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionResetError("closed before a full answer"))
+
+    def _end(self, outcome):
+        if not self.done.done():
+            if isinstance(outcome, BaseException):
+                self.done.set_exception(outcome)
+            else:
+                self.done.set_result(outcome)
+        self.transport.close()
+
+
+def wire(url: str, step: Signed) -> bytes:
+    """The HTTP/1.1 request for ``step``, as bytes (built before the timed phase)."""
+    parts = urlsplit(url)
+    head = [f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1"]
+    head.append(f"Host: {parts.netloc}")
+    head += [f"{name}: {value}" for name, value in step.headers.items()]
+    head += [f"Content-Length: {len(step.body)}", "Connection: close", "", ""]
+    return "\r\n".join(head).encode("latin-1") + step.body
+
+
+async def _lean_sender(url: str, concurrency: int, timeout: float):
+    """Send one prepared request on a connection of its own; its HTTP status."""
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or 80
+    loop = asyncio.get_running_loop()
+
+    async def send(request: bytes) -> int:
+        done = loop.create_future()
+        transport = None
+        try:
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: _Exchange(request, done), host, port
+                )
+                return await done
+        finally:
+            if transport is not None:
+                transport.close()
+
+    return send, None
+
+
+async def _aiohttp_sender(url: str, concurrency: int, timeout: float):
+    """The same with aiohttp (``--client aiohttp``: how much the generator's own cost
+    moves the ratios; ``bench.client_choice`` compares the clients alone)."""
+    import aiohttp
+    import yarl
+
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
     session = aiohttp.ClientSession(
         connector=connector,
@@ -253,6 +322,47 @@ async def drive(
         skip_auto_headers=("Accept-Encoding",),
     )
     target = yarl.URL(url)
+
+    async def send(step: Signed) -> int:
+        async with session.post(target, data=step.body, headers=step.headers) as response:
+            await response.read()
+            return response.status
+
+    return send, session.close
+
+
+# What a failed request raises, whichever the client: counted by name, status -1.
+_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, httptools.HttpParserError)
+
+
+async def drive(
+    url: str,
+    scripts: list[list[Signed]],
+    concurrency: int,
+    max_requests: int,
+    time_cap: float,
+    active_per_worker: int = 4,
+    timeout: float = 30.0,
+    client: str = "lean",
+) -> Run:
+    """Send the scripts' webhooks, ``concurrency`` at a time; what each one got."""
+    run = Run()
+    failures = _FAILURES
+    if client == "lean":
+        # Every request as bytes before the clock starts: sending is a connect,
+        # one write, the answer parsed, a close.
+        scripts = [[(step, wire(url, step)) for step in steps] for steps in scripts]
+        send, close = await _lean_sender(url, concurrency, timeout)
+    elif client == "aiohttp":
+        import aiohttp
+
+        scripts = [[(step, step) for step in steps] for steps in scripts]
+        send, close = await _aiohttp_sender(url, concurrency, timeout)
+        failures += (aiohttp.ClientError,)
+    else:
+        raise ValueError(f"client {client!r}: one of {CLIENTS}")
+    source = iter(scripts)
+    budget = max_requests
     perf = time.perf_counter
     started = perf()
     deadline = started + time_cap
@@ -273,16 +383,15 @@ async def drive(
             if not active:
                 return
             steps = active.popleft()
-            step = next(steps, None)
-            if step is None:
+            nxt = next(steps, None)
+            if nxt is None:
                 continue
+            step, request = nxt
             budget -= 1
             t0 = perf()
             try:
-                async with session.post(target, data=step.body, headers=step.headers) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                status = await send(request)
+            except failures as exc:
                 status = -1
                 run.errors[type(exc).__name__] += 1
             run.latencies.append(perf() - t0)
@@ -298,8 +407,16 @@ async def drive(
     finally:
         run.wall = perf() - started
         run.cpu = _cpu() - cpu0
-        await session.close()
+        if close is not None:
+            await close()
     return run
+
+
+def send_all(url, scripts, concurrency: int, max_requests: int, time_cap: float, client="lean"):
+    """``drive`` on its event loop: the lean client on uvloop's (libuv's sockets, less
+    of the generator's CPU), aiohttp on asyncio's own, as the generator ran it before."""
+    sending = drive(url, scripts, concurrency, max_requests, time_cap, client=client)
+    return uvloop.run(sending) if client == "lean" else asyncio.run(sending)
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -350,9 +467,8 @@ def summarize(run: Run) -> dict:
     }
 
 
-def run_load(url: str, scripts, concurrency: int, max_requests: int, time_cap: float) -> dict:
-    run = asyncio.run(drive(url, scripts, concurrency, max_requests, time_cap))
-    return summarize(run)
+def run_load(url, scripts, concurrency: int, max_requests: int, time_cap: float, client="lean"):
+    return summarize(send_all(url, scripts, concurrency, max_requests, time_cap, client=client))
 
 
 # -- the generator's own ceiling ------------------------------------------------
@@ -393,10 +509,10 @@ def serve_trivial(port: int, seconds: float) -> None:
         async with server:
             await asyncio.sleep(seconds)
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
-def ceiling(requests: int, concurrency: int, time_cap: float = 60) -> dict:
+def ceiling(requests: int, concurrency: int, time_cap: float = 60, client: str = "lean") -> dict:
     """The generator against a trivial server (another process): its own ceiling."""
     import socket
 
@@ -416,7 +532,7 @@ def ceiling(requests: int, concurrency: int, time_cap: float = 60) -> dict:
                 time.sleep(0.05)
         scripts = workload(requests, seed=1, contact_base=9_000_000)
         result = run_load(
-            f"http://127.0.0.1:{port}/twilio/sms", scripts, concurrency, requests, time_cap
+            f"http://127.0.0.1:{port}/twilio/sms", scripts, concurrency, requests, time_cap, client
         )
     finally:
         server.terminate()
@@ -434,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-cap", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--contact-base", type=int, default=0)
+    parser.add_argument("--client", choices=CLIENTS, default="lean")
     parser.add_argument("--ceiling", action="store_true", help="measure against a trivial server")
     parser.add_argument("--serve-trivial", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=300, help=argparse.SUPPRESS)
@@ -442,14 +559,17 @@ def main(argv: list[str] | None = None) -> None:
         serve_trivial(args.serve_trivial, min(args.seconds, 600))
         return
     if args.ceiling:
-        print(json.dumps(ceiling(args.requests, args.concurrency, args.time_cap), indent=2))
+        result = ceiling(args.requests, args.concurrency, args.time_cap, args.client)
+        print(json.dumps(result, indent=2))
         return
     if not args.url:
         parser.error("--url or --ceiling")
     sign_started = time.perf_counter()
     scripts = workload(args.requests, args.seed, args.contact_base)
     signing = time.perf_counter() - sign_started
-    result = run_load(args.url, scripts, args.concurrency, args.requests, args.time_cap)
+    result = run_load(
+        args.url, scripts, args.concurrency, args.requests, args.time_cap, args.client
+    )
     result["presign_seconds"] = round(signing, 3)
     print(json.dumps(result, indent=2))
 

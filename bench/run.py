@@ -20,7 +20,6 @@ Every round sends a fresh, pre-signed workload (``bench.load``). At the end it c
 """
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -37,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import common
-from bench.load import Run, ceiling, drive, latency_summary, summarize, workload
+from bench.load import Run, ceiling, latency_summary, send_all, summarize, workload
 
 GOAL = 0.5  # the app should reach at least half of the bare endpoint's throughput
 PG_NAME = f"bench_{os.getpid()}"
@@ -51,7 +50,14 @@ def prepare(database_url: str) -> float:
 
 
 def one_round(
-    server: common.Server, requests, concurrency, time_cap, seed, contact_base, pg_name=None
+    server: common.Server,
+    requests,
+    concurrency,
+    time_cap,
+    seed,
+    contact_base,
+    pg_name=None,
+    client="lean",
 ):
     """Sign a fresh workload (untimed), then send it; CPU of the servers is read from /proc
     (gunicorn's master and workers; the Postgres backends serving ``pg_name``, if any)."""
@@ -59,7 +65,7 @@ def one_round(
     pids = [server.proc.pid, *server.workers()]
     server0 = common.cpu_by_pid(pids)
     pg0 = common.cpu_by_pid(common.postgres_pids(pg_name)) if pg_name else {}
-    run = asyncio.run(drive(server.sms_url, scripts, concurrency, requests, time_cap))
+    run = send_all(server.sms_url, scripts, concurrency, requests, time_cap, client=client)
     server_cpu = common.cpu_spent(server0, common.cpu_by_pid(pids))
     pg_cpu = 0.0
     if pg_name:
@@ -91,6 +97,7 @@ def run_rounds(servers: dict, schedule: list[str], args, pg_names: dict[str, str
             seed=100 + i,
             contact_base=100_000 * (i + 1),
             pg_name=pg_names.get(name),
+            client=args.client,
         )
         runs[name].append(run)
         s = summarize(run)
@@ -154,7 +161,7 @@ def profile(server: common.Server, seconds: float, out: Path, args, contact_base
     command += ["--pid", str(server.proc.pid)]
     spy_proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let py-spy attach
-    asyncio.run(drive(server.sms_url, scripts, args.concurrency, requests, seconds - 2))
+    send_all(server.sms_url, scripts, args.concurrency, requests, seconds - 2, client=args.client)
     try:
         _, err = spy_proc.communicate(timeout=seconds + 30)
     except subprocess.TimeoutExpired:
@@ -263,6 +270,7 @@ def main(argv=None) -> None:
             + " ".join(server_args)
             + f" (cwd {common.ROOT}, WEB_CONCURRENCY={args.workers})",
             "keep_alive": "off: a new connection per webhook",
+            "client": args.client,
             "smoke": args.smoke,
         },
         "app_version": common.git_state(),
@@ -276,7 +284,9 @@ def main(argv=None) -> None:
     print(f"machine: {report['machine']['nproc']} cpus, python {report['machine']['python']}")
     print(f"app at {report['app_version']}")
     print(f"gunicorn settings (both servers): {report['gunicorn']['wsgi:app']}")
-    report["generator_ceiling"] = ceiling(300 if args.smoke else 3000, args.concurrency)
+    report["generator_ceiling"] = ceiling(
+        300 if args.smoke else 3000, args.concurrency, client=args.client
+    )
     print(f"generator against a trivial server: {report['generator_ceiling']}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_"))
@@ -316,7 +326,9 @@ def main(argv=None) -> None:
                 )
             for name, server in servers.items():
                 base = 5_000_000 + 100_000 * list(servers).index(name)
-                run, _, _ = one_round(server, args.warmup, args.concurrency, 30, 7, base)
+                run, _, _ = one_round(
+                    server, args.warmup, args.concurrency, 30, 7, base, client=args.client
+                )
                 print(
                     f"warmed up {name}: {len(run.latencies)} requests, "
                     f"{sum(s != 200 for s in run.statuses)} non-200"

@@ -39,7 +39,6 @@ are dropped (SQLite files deleted) unless ``--keep``.
 """
 
 import argparse
-import asyncio
 import contextlib
 import itertools
 import json
@@ -58,7 +57,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import common
-from bench.load import Signer, drive, latency_summary
+from bench.load import Signer, latency_summary, send_all
 from bot.evidence import HASHED, digest
 from bot.models import GENESIS
 from bot.texts import DEFAULTS, render
@@ -724,8 +723,8 @@ def latency(
         return [[s] for s in out]
 
     for db, server in servers.items():  # warm-up, not recorded
-        asyncio.run(drive(server.sms_url, steps(db, "existing", 30), 1, 30, 60))
-        asyncio.run(drive(server.sms_url, steps(db, "new", 10), 1, 10, 60))
+        send_all(server.sms_url, steps(db, "existing", 30), 1, 30, 60)
+        send_all(server.sms_url, steps(db, "new", 10), 1, 10, 60)
     non_200 = 0
     wal_used = {key: [0, 0, 0] for key in samples}
     for block in range(blocks):
@@ -734,7 +733,7 @@ def latency(
             for db in order:
                 todo = steps(db, kind, per_block)  # signed before the clock starts
                 before = _wal() if wal else None
-                run = asyncio.run(drive(servers[db].sms_url, todo, 1, per_block, 300))
+                run = send_all(servers[db].sms_url, todo, 1, per_block, 300)
                 if wal:
                     after = _wal()
                     for k in range(3):

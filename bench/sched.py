@@ -16,7 +16,6 @@ app as in ``bench.run``; loopback only, bounded counts and time.
 """
 
 import argparse
-import asyncio
 import json
 import os
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench import common
-from bench.load import drive, summarize, workload
+from bench.load import send_all, summarize, workload
 from bench.run import one_round as plain_round
 from bench.run import prepare
 
@@ -58,7 +57,9 @@ def one_round(server: common.Server, requests: int, seed: int, contact_base: int
     scripts = workload(requests, seed=seed, contact_base=contact_base)  # signed before timing
     workers, me = server.workers(), [os.getpid()]
     before, gen_before = task_times(workers), task_times(me)
-    run = asyncio.run(drive(server.sms_url, scripts, args.concurrency, requests, args.time_cap))
+    run = send_all(
+        server.sms_url, scripts, args.concurrency, requests, args.time_cap, client=args.client
+    )
     after, gen_after = task_times(workers), task_times(me)
     summary = summarize(run)
     n = max(1, summary["requests"])
@@ -130,7 +131,10 @@ def main(argv=None) -> None:
         ):
             for n, server in enumerate((bare, app)):  # warm-up, untimed
                 warm = min(300, args.requests)
-                plain_round(server, warm, args.concurrency, args.time_cap, 1, 900_000 + 10_000 * n)
+                base = 900_000 + 10_000 * n
+                plain_round(
+                    server, warm, args.concurrency, args.time_cap, 1, base, client=args.client
+                )
             for i in range(args.rounds):
                 for server in (bare, app):
                     r = one_round(server, args.requests, 10 + i, 100_000 * (i + 1), args)
@@ -140,6 +144,7 @@ def main(argv=None) -> None:
         "command": common.command_line(),
         "machine": common.machine_info(),
         "git": common.git_state(),
+        "client": args.client,
         "rounds": rounds,
         "seconds": round(time.monotonic() - started, 1),
     }
