@@ -4,6 +4,7 @@ import csv
 import hashlib
 import itertools
 import json
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -173,6 +174,60 @@ def test_export_streams_every_entry_as_csv(history, runner, tmp_path):
     assert later.output.strip() == ",".join(evidence.EXPORT_COLUMNS)
     bad = runner.invoke(args=["audit", "export", "--since", "yesterday"])
     assert bad.exit_code != 0 and "YYYY-MM-DD" in bad.output
+
+
+def _spy_on_flushes(monkeypatch, *paths):
+    """What is done to these files (by path): fdatasync, posix_fadvise and fsync."""
+    calls = []
+
+    def spy(name, real):
+        def call(fd, *args):
+            path = os.path.realpath(f"/proc/self/fd/{fd}")
+            if path in paths:
+                calls.append((name, path, *args))
+            return real(fd, *args)
+
+        return call
+
+    monkeypatch.setattr(os, "fdatasync", spy("flush", os.fdatasync))
+    monkeypatch.setattr(os, "posix_fadvise", spy("drop", os.posix_fadvise))
+    monkeypatch.setattr(os, "fsync", spy("sync", os.fsync))
+    return calls
+
+
+def test_export_to_a_file_is_on_disk_when_the_command_says_it_is_written(
+    history, runner, tmp_path, monkeypatch
+):
+    """``--out``: the file is flushed and its pages dropped from the page cache, then
+    its folder flushed, before the command ends. The file is the export, byte for byte."""
+    out = tmp_path / "log.csv"
+    calls = _spy_on_flushes(monkeypatch, str(out), str(tmp_path))
+    result = runner.invoke(args=["audit", "export", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    size = out.stat().st_size
+    assert calls == [
+        ("flush", str(out)),
+        ("drop", str(out), 0, size, os.POSIX_FADV_DONTNEED),
+        ("sync", str(tmp_path)),
+    ]
+    assert out.read_text(encoding="utf-8") == runner.invoke(args=["audit", "export"]).output
+
+
+def test_a_settled_file_leaves_the_page_cache_range_after_range_as_it_grows(tmp_path, monkeypatch):
+    """Every SETTLE_BYTES the pages written so far are flushed and dropped, range after
+    range with no gap or overlap; at close the rest, then the folder."""
+    from bot.cli import SettledFile
+
+    monkeypatch.setattr(SettledFile, "SETTLE_BYTES", 1000)
+    path = tmp_path / "big.csv"
+    calls = _spy_on_flushes(monkeypatch, str(path), str(tmp_path))
+    with SettledFile(str(path)) as f:
+        for n in range(105):
+            f.write(b"%099d\n" % n)
+    assert path.stat().st_size == 10_500
+    drops = [c[2:4] for c in calls if c[0] == "drop"]
+    assert drops == [(at, 1000) for at in range(0, 10_000, 1000)] + [(10_000, 500)]
+    assert [c[0] for c in calls] == ["flush", "drop"] * 11 + ["sync"]
 
 
 def test_digest_covers_every_hashed_field():
