@@ -240,14 +240,17 @@ CLIENTS = ("lean", "aiohttp")
 
 class _Exchange(asyncio.Protocol):
     """One webhook on one connection: the request written as it was prepared, the
-    answer parsed by httptools (status line, headers, a body of Content-Length or
-    chunked), then the connection closed, as gunicorn's sync workers close theirs."""
+    answer parsed by httptools (status line, headers, a body of Content-Length,
+    chunked, or up to the close), then the connection closed, as gunicorn's sync
+    workers close theirs. An interim answer (1xx) is passed over, as clients do."""
 
     def __init__(self, request: bytes, done: asyncio.Future):
         self.request = request
         self.done = done
         self.transport = None
         self.parser = httptools.HttpResponseParser(self)
+        self.headers_done = False
+        self.framed = False  # a Content-Length or Transfer-Encoding: the end is known
 
     def connection_made(self, transport):
         self.transport = transport
@@ -256,15 +259,32 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data):
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._end(exc)
 
-    def on_message_complete(self):  # httptools' callback
-        self._end(self.parser.get_status_code())
+    # httptools' callbacks
+    def on_header(self, name: bytes, _value: bytes):
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self):
+        self.headers_done = True
+
+    def on_message_complete(self):
+        status = self.parser.get_status_code()
+        if status < 200:  # 100 Continue and the like: the answer is still to come
+            self.headers_done = self.framed = False
+            return
+        self._end(status)
 
     def connection_lost(self, exc):
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionResetError("closed before a full answer"))
+        if self.done.done():
+            return
+        if exc is None and self.headers_done and not self.framed:
+            # A body that ends with the connection (HTTP/1.0 style): whole at EOF.
+            self.done.set_result(self.parser.get_status_code())
+            return
+        self.done.set_exception(exc or ConnectionResetError("closed before a full answer"))
 
     def _end(self, outcome):
         if not self.done.done():
@@ -279,7 +299,7 @@ def wire(url: str, step: Signed) -> bytes:
     """The HTTP/1.1 request for ``step``, as bytes (built before the timed phase)."""
     parts = urlsplit(url)
     head = [f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1"]
-    head.append(f"Host: {parts.netloc}")
+    head.append(f"Host: {parts.hostname}{f':{parts.port}' if parts.port else ''}")
     head += [f"{name}: {value}" for name, value in step.headers.items()]
     head += [f"Content-Length: {len(step.body)}", "Connection: close", "", ""]
     return "\r\n".join(head).encode("latin-1") + step.body
@@ -332,7 +352,12 @@ async def _aiohttp_sender(url: str, concurrency: int, timeout: float):
 
 
 # What a failed request raises, whichever the client: counted by name, status -1.
-_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, httptools.HttpParserError)
+_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    httptools.HttpParserError,
+    httptools.HttpParserUpgrade,
+)
 
 
 async def drive(
