@@ -2,6 +2,7 @@
 
 import io
 import os
+import stat
 import sys
 from datetime import UTC, datetime
 
@@ -160,8 +161,9 @@ class SettledFile(io.FileIO):
     dropped from the kernel's page cache; at ``close`` the rest, and the directory
     that holds it. A log of gigabytes would otherwise leave as many dirty pages
     behind (the disk busy writing them, every commit's flush queued behind them)
-    and push the database's own pages out of memory, which the next webhooks then
-    read from disk.
+    and push the database's own pages out of memory. A target that is not a
+    regular file (``/dev/null``, a pipe) is written as it is: there is nothing to
+    flush.
     """
 
     SETTLE_BYTES = 64 * 1024 * 1024
@@ -169,20 +171,23 @@ class SettledFile(io.FileIO):
     def __init__(self, path: str):
         super().__init__(path, "w")
         self.path = path
+        self.regular = stat.S_ISREG(os.fstat(self.fileno()).st_mode)
         self.written = 0
         self.settled = 0  # bytes on disk and out of the page cache
 
     def write(self, data) -> int:
-        count = super().write(data)
-        self.written += count or 0
+        # What came before is settled first: if that fails, nothing of ``data`` was
+        # written, and the buffer above hands the same bytes again, once.
         if self.written - self.settled >= self.SETTLE_BYTES:
             self.settle()
+        count = super().write(data)
+        self.written += count or 0
         return count
 
     def settle(self) -> None:
-        if self.written == self.settled:
+        if not self.regular or self.written == self.settled:
             return
-        os.fdatasync(self.fileno())
+        getattr(os, "fdatasync", os.fsync)(self.fileno())  # macOS has no fdatasync
         if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the pages stay cached
             length = self.written - self.settled
             os.posix_fadvise(self.fileno(), self.settled, length, os.POSIX_FADV_DONTNEED)
@@ -195,6 +200,8 @@ class SettledFile(io.FileIO):
             self.settle()
         finally:
             super().close()
+        if not self.regular:
+            return
         try:  # the file's name, too, is on disk (where the folder can be opened)
             folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
         except OSError:

@@ -199,7 +199,13 @@ def test_export_to_a_file_is_on_disk_when_the_command_says_it_is_written(
     history, runner, tmp_path, monkeypatch
 ):
     """``--out``: the file is flushed and its pages dropped from the page cache, then
-    its folder flushed, before the command ends. The file is the export, byte for byte."""
+    its folder flushed, before the command ends. The file is the export, byte for
+    byte: UTF-8, and a line break inside a text kept as it was."""
+    text_ = "Café, ☕ at 8?\r\nSecond line"
+    with history.app_context():
+        first = db.session.execute(select(func.min(Attestation.id))).scalar()
+        db.session.execute(update(Attestation).where(Attestation.id == first).values(body=text_))
+        db.session.commit()
     out = tmp_path / "log.csv"
     calls = _spy_on_flushes(monkeypatch, str(out), str(tmp_path))
     result = runner.invoke(args=["audit", "export", "--out", str(out)])
@@ -211,6 +217,45 @@ def test_export_to_a_file_is_on_disk_when_the_command_says_it_is_written(
         ("sync", str(tmp_path)),
     ]
     assert out.read_text(encoding="utf-8") == runner.invoke(args=["audit", "export"]).output
+    assert f'"{text_}"'.encode() in out.read_bytes()
+
+
+def test_export_to_a_device_or_pipe_is_written_without_a_flush(history, runner, monkeypatch):
+    """``--out /dev/null`` (or a pipe): nothing to flush or drop, and no error for it."""
+    calls = _spy_on_flushes(monkeypatch, "/dev/null")
+    result = runner.invoke(args=["audit", "export", "--out", "/dev/null"])
+    assert result.exit_code == 0, result.output
+    assert "entries written to /dev/null" in result.output and calls == []
+
+
+def test_a_flush_that_fails_loses_and_repeats_nothing(tmp_path, monkeypatch):
+    """A flush that fails before a write fails that write: the buffer above hands the
+    same bytes again later, and the file holds every row once, in order."""
+    import io
+
+    from bot.cli import SettledFile
+
+    monkeypatch.setattr(SettledFile, "SETTLE_BYTES", 100)
+    path = tmp_path / "rows.csv"
+    real, failures = os.fdatasync, []
+
+    def flaky(fd):
+        if not failures:
+            failures.append(fd)
+            raise OSError(5, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", flaky)
+    rows = [f"row {n:03d}\n" for n in range(40)]
+    raw = SettledFile(str(path))
+    out = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=64), encoding="utf-8", newline="")
+    with pytest.raises(OSError):
+        for row in rows:
+            out.write(row)
+            out.flush()
+    written = rows.index(row)  # the row whose write failed
+    out.close()  # hands the failed row's bytes again, then settles
+    assert failures and path.read_text(encoding="utf-8") == "".join(rows[: written + 1])
 
 
 def test_a_settled_file_leaves_the_page_cache_range_after_range_as_it_grows(tmp_path, monkeypatch):
