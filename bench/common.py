@@ -53,6 +53,10 @@ def contact_number(n: int) -> str:
     return f"+1{area}{201 + (rest // 10000) % 799:03d}{rest % 10000:04d}"
 
 
+# The load generator's clients (bench.load): its own, and the aiohttp one it used before.
+CLIENTS = ("lean", "aiohttp")
+
+
 def add_round_arguments(parser, rounds_help: str = "rounds per target") -> None:
     """The options of the side-by-side benches (``run``, ``compare``, ``sched``)."""
     parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
@@ -62,7 +66,7 @@ def add_round_arguments(parser, rounds_help: str = "rounds per target") -> None:
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for every server")
     parser.add_argument(
         "--client",
-        choices=("lean", "aiohttp"),
+        choices=CLIENTS,
         default="lean",
         help="the load generator's client (bench.load): aiohttp shows what its cost does",
     )

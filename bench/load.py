@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
@@ -53,7 +54,7 @@ import httptools
 import uvloop
 from twilio.request_validator import RequestValidator
 
-from bench.common import LINES, SIGNED_SMS_URL, TOKEN, contact_number, free_port, python
+from bench.common import CLIENTS, LINES, SIGNED_SMS_URL, TOKEN, contact_number, free_port, python
 
 KINDS = (
     "contact_first",
@@ -235,9 +236,6 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-CLIENTS = ("lean", "aiohttp")
-
-
 class _Exchange(asyncio.Protocol):
     """One webhook on one connection: the request written as it was prepared, the
     answer parsed by httptools (status line, headers, a body of Content-Length,
@@ -295,17 +293,23 @@ class _Exchange(asyncio.Protocol):
         self.transport.close()
 
 
-def wire(url: str, step: Signed) -> bytes:
-    """The HTTP/1.1 request for ``step``, as bytes (built before the timed phase)."""
+def wire(url: str) -> Callable[[Signed], bytes]:
+    """What writes a step out as the bytes of its HTTP/1.1 request to ``url`` (the
+    request line and Host read from the URL once; built before the timed phase)."""
     parts = urlsplit(url)
-    head = [f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1"]
-    head.append(f"Host: {parts.hostname}{f':{parts.port}' if parts.port else ''}")
-    head += [f"{name}: {value}" for name, value in step.headers.items()]
-    head += [f"Content-Length: {len(step.body)}", "Connection: close", "", ""]
-    return "\r\n".join(head).encode("latin-1") + step.body
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    start = f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
+
+    def request(step: Signed) -> bytes:
+        fields = "".join(f"{name}: {value}\r\n" for name, value in step.headers.items())
+        end = f"Content-Length: {len(step.body)}\r\nConnection: close\r\n\r\n"
+        return (start + fields + end).encode("latin-1") + step.body
+
+    return request
 
 
-async def _lean_sender(url: str, concurrency: int, timeout: float):
+async def _lean_sender(url: str, timeout: float):
     """Send one prepared request on a connection of its own; its HTTP status."""
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or 80
@@ -376,8 +380,9 @@ async def drive(
     if client == "lean":
         # Every request as bytes before the clock starts: sending is a connect,
         # one write, the answer parsed, a close.
-        scripts = [[(step, wire(url, step)) for step in steps] for steps in scripts]
-        send, close = await _lean_sender(url, concurrency, timeout)
+        request = wire(url)
+        scripts = [[(step, request(step)) for step in steps] for steps in scripts]
+        send, close = await _lean_sender(url, timeout)
     elif client == "aiohttp":
         import aiohttp
 

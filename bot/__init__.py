@@ -135,9 +135,10 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
     path = engine.url.database
     queue = None
     if path and path != ":memory:" and not path.startswith("file:"):
-        # SQLite follows a symlink to the database and keeps its log beside the real file.
+        # SQLite follows a symlink to the database and keeps its log beside the real
+        # file; the lock is there too, so every path to one database shares one lock.
         real = os.path.realpath(path)
-        queue = WriterQueue(path + ".writer-lock", busy_seconds, wal=real + "-wal")
+        queue = WriterQueue(real + ".writer-lock", busy_seconds, wal=real + "-wal")
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -160,8 +161,9 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
+        reader = connection.get_execution_options().get(READ_ONLY)
         if queue is None:
-            if connection.get_execution_options().get(READ_ONLY):
+            if reader:
                 connection.exec_driver_sql("BEGIN DEFERRED")
             else:
                 statements.command(connection, "BEGIN IMMEDIATE")
@@ -171,7 +173,7 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
             queue.check()  # refused after a failed flush
         except sqlite3.Error as exc:  # as a database error, like BEGIN's own (503)
             connection._handle_dbapi_exception(exc, "BEGIN", (), None, None)
-        if connection.get_execution_options().get(READ_ONLY):
+        if reader:
             connection.exec_driver_sql("BEGIN DEFERRED")
             # A reader acts on what it read before any commit of its own (an export
             # written out, reconcile's sends): its snapshot is taken now and flushed,

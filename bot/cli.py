@@ -1,5 +1,6 @@
 """Command line (SPEC §9): thin Click commands over plain functions."""
 
+import contextlib
 import io
 import os
 import stat
@@ -202,16 +203,13 @@ class SettledFile(io.FileIO):
             super().close()
         if not self.regular:
             return
-        try:  # the file's name, too, is on disk (where the folder can be opened)
+        # The file's name, too, is on disk: where the folder can be opened and flushed.
+        with contextlib.suppress(OSError):
             folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(folder)
-        except OSError:  # a file system that does not flush folders
-            pass
-        finally:
-            os.close(folder)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
 
 
 @audit_cli.command("verify")

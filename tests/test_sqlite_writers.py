@@ -395,6 +395,23 @@ def test_a_database_behind_a_symlink_is_flushed_where_sqlite_keeps_its_log(tmp_p
         db.engine.dispose()
 
 
+def test_every_path_to_a_database_queues_on_one_writer_lock(tmp_path):
+    """A process that opens the database through a symlink queues on the lock beside
+    the real file, the one a process opening it directly takes."""
+    _migrated_app(tmp_path)
+    linked = tmp_path / "elsewhere"
+    linked.mkdir()
+    (linked / "app.sqlite3").symlink_to(tmp_path / "app.sqlite3")
+    app = make_app(f"sqlite:///{linked}/app.sqlite3")
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE, through the link
+        assert not _free(f"{tmp_path}/app.sqlite3.writer-lock")
+        db.session.rollback()
+        assert _free(f"{tmp_path}/app.sqlite3.writer-lock")
+        db.engine.dispose()
+    assert not (linked / "app.sqlite3.writer-lock").exists()
+
+
 def test_none_is_bound_through_an_adapter_and_stays_null(tmp_path):
     """Without an adapter for None, sqlite3 formats and drops an AttributeError for
     each NULL it binds (about 50 a webhook); with it, the same NULL is stored."""
