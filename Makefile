@@ -64,7 +64,7 @@ bench: venv $(VENV)/.bench
 	$(BIN)/python -m bench.check_client
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --floor
 	$(BIN)/python -m bench.scale
 
 # Instructions per webhook under callgrind, app (SQLite) and bare (~5 min); to
@@ -83,7 +83,7 @@ bench-smoke: venv $(VENV)/.bench valgrind
 	$(BIN)/python -m bench.queries
 	$(BIN)/python -m bench.inproc --rounds 1 --requests 100
 	$(BIN)/python -m bench.pieces --requests 100
-	$(BIN)/python -m bench.run --smoke --out bench/results/smoke.json
+	$(BIN)/python -m bench.run --smoke --floor --out bench/results/smoke.json
 	$(BIN)/python -m bench.scale --smoke --out bench/results/scale-smoke.json
 	$(BIN)/python -m bench.compare HEAD --rounds 1 --requests 100 --out bench/results/compare-smoke.json
 	$(BIN)/python -m bench.sched --rounds 1 --requests 100 --out bench/results/sched-smoke.json

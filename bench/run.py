@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import common
+from bench import common, floor
 from bench.load import Run, ceiling, latency_summary, send_all, summarize, workload
 
 GOAL = 0.5  # the app should reach at least half of the bare endpoint's throughput
@@ -82,13 +82,22 @@ def round_line(index: int, count: int, name: str, s: dict) -> str:
     )
 
 
-def run_rounds(servers: dict, schedule: list[str], args, pg_names: dict[str, str]):
+def new_texts(run: Run) -> int:
+    """The webhooks of a round answered 200 that carried a MessageSid not sent before."""
+    return sum(s == 200 and k != "duplicate" for k, s in zip(run.kinds, run.statuses, strict=True))
+
+
+def run_rounds(
+    servers: dict, schedule: list[str], args, pg_names: dict[str, str], floors: dict[str, str]
+):
     """The timed rounds, in the schedule's order: each target's runs, and each round's
     summary with the CPU per request of its server and of the Postgres backends
-    serving ``pg_names[target]`` (if it has one)."""
+    serving ``pg_names[target]`` (if it has one). A floor's round also counts the
+    texts its database gained, which must be one per new text answered."""
     runs: dict[str, list[Run]] = {name: [] for name in servers}
     rounds = []
     for i, name in enumerate(schedule):
+        before = floor.kept(floors[name]) if name in floors else None
         run, server_cpu, pg_cpu = one_round(
             servers[name],
             args.requests,
@@ -112,6 +121,9 @@ def run_rounds(servers: dict, schedule: list[str], args, pg_names: dict[str, str
                 **s,
             }
         )
+        if before is not None:
+            rounds[-1]["texts_kept"] = floor.kept(floors[name]) - before
+            rounds[-1]["new_texts_answered"] = new_texts(run)
         print(round_line(i, len(schedule), name, s), flush=True)
     return runs, rounds
 
@@ -234,6 +246,11 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=300, help="webhooks per server, untimed")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench.floor (the bare endpoint plus one durable write) per backend",
+    )
+    parser.add_argument(
         "--profile",
         type=float,
         default=0,
@@ -293,6 +310,12 @@ def main(argv=None) -> None:
     backends = {"app-sqlite": f"sqlite:///{tmp / 'consentline.sqlite3'}"}
     if not args.no_postgres:
         backends["app-postgres"] = common.create_pg_db(PG_NAME)
+    # The floors: bench.floor on a database of their own, beside each app.
+    floors = {}
+    if args.floor:
+        floors["floor-sqlite"] = f"sqlite:///{tmp / 'floor.sqlite3'}"
+        if not args.no_postgres:
+            floors["floor-postgres"] = common.create_pg_db(PG_NAME + "_floor")
     logs = common.RESULTS / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     try:
@@ -324,6 +347,17 @@ def main(argv=None) -> None:
                         server_args,
                     )
                 )
+            for name, url in floors.items():
+                servers[name] = stack.enter_context(
+                    common.gunicorn(
+                        name,
+                        "bench.floor:app",
+                        common.app_env(url, args.workers),
+                        logs / f"{name}.log",
+                        args.workers,
+                        server_args,
+                    )
+                )
             for name, server in servers.items():
                 base = 5_000_000 + 100_000 * list(servers).index(name)
                 run, _, _ = one_round(
@@ -335,10 +369,12 @@ def main(argv=None) -> None:
                 )
             schedule = []
             for _ in range(args.rounds):
-                for name in backends:
+                for name in [*backends, *floors]:
                     schedule += ["bare", name]
             pg_names = {"app-postgres": PG_NAME} if not args.no_postgres else {}
-            runs, rounds = run_rounds(servers, schedule, args, pg_names)
+            if "floor-postgres" in floors:
+                pg_names["floor-postgres"] = PG_NAME + "_floor"
+            runs, rounds = run_rounds(servers, schedule, args, pg_names, floors)
             report["schedule"] = schedule
             report["rounds"] = rounds
             report["totals"] = {name: pooled(r) for name, r in runs.items()}
@@ -351,7 +387,7 @@ def main(argv=None) -> None:
                     )
         bare = report["totals"]["bare"]
         report["ratios"] = {}
-        for name in backends:
+        for name in [*backends, *floors]:
             app = report["totals"][name]
             per_round = [
                 ratio(rounds[i]["throughput_rps"], rounds[i - 1]["throughput_rps"])
@@ -367,11 +403,24 @@ def main(argv=None) -> None:
                 "goal_throughput_at_least": GOAL,
                 "meets_goal": (ratio(app["throughput_rps"], bare["throughput_rps"]) or 0) >= GOAL,
             }
+        # The app against the floor of its own database: what the relay's own work
+        # costs, with the machine's share (HTTP, the durable commit) taken out.
+        report["over_floor"] = {
+            f"{name}/{name.replace('app-', 'floor-')}": ratio(
+                report["totals"][name]["throughput_rps"],
+                report["totals"][name.replace("app-", "floor-")]["throughput_rps"],
+            )
+            for name in backends
+            if name.replace("app-", "floor-") in floors
+        }
         report["audit_verify"] = {name: verify(url) for name, url in backends.items()}
     finally:
         if not args.no_postgres:
             with contextlib.suppress(Exception):
                 common.drop_pg_db(PG_NAME)
+        if "floor-postgres" in floors:
+            with contextlib.suppress(Exception):
+                common.drop_pg_db(PG_NAME + "_floor")
         shutil.rmtree(tmp, ignore_errors=True)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print_table(report)
@@ -381,6 +430,34 @@ def main(argv=None) -> None:
         f"wrote {out.relative_to(common.ROOT) if out.is_relative_to(common.ROOT) else out}"
         f" in {report['elapsed_s']} s"
     )
+    found = problems(report)
+    for problem in found:
+        print("PROBLEM:", problem)
+    if found:
+        raise SystemExit(1)
+
+
+def problems(report: dict) -> list[str]:
+    """What makes the run's figures meaningless: every webhook of the mix is genuine,
+    so each must be answered 200, each floor must keep each new text once, and every
+    chain must verify."""
+    found = [
+        f"round {r['index'] + 1} ({r['target']}): {r['non_200']} answers were not 200"
+        for r in report["rounds"]
+        if r["non_200"]
+    ]
+    found += [
+        f"round {r['index'] + 1} ({r['target']}): kept {r['texts_kept']} texts,"
+        f" answered {r['new_texts_answered']} new ones"
+        for r in report["rounds"]
+        if r.get("texts_kept", r.get("new_texts_answered")) != r.get("new_texts_answered")
+    ]
+    found += [
+        f"audit verify {name}: {v['output']}"
+        for name, v in report.get("audit_verify", {}).items()
+        if not v["ok"]
+    ]
+    return found
 
 
 def print_table(report: dict) -> None:
@@ -406,6 +483,8 @@ def print_table(report: dict) -> None:
             f"p50 x{r['p50_app_over_bare']}, p99 x{r['p99_app_over_bare']}; "
             f"goal >= {GOAL}: {'met' if r['meets_goal'] else 'NOT met'}"
         )
+    for name, r in report.get("over_floor", {}).items():
+        print(f"{name}: throughput {r} of what one durable write alone serves")
     for name, v in report.get("audit_verify", {}).items():
         print(f"audit verify {name}: {'OK' if v['ok'] else 'FAILED'} ({v['output'][-80:]})")
     for name, prof in report.get("profile", {}).items():
