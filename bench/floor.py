@@ -5,18 +5,21 @@ What no consent gate can leave out, and nothing more: ``POST /twilio/sms`` check
 (its MessageSid, From, To and Body) in one transaction that is on disk before the
 answer goes out (SPEC §10 records every text; §7's idempotency needs the SID kept),
 and answers the same fixed ``MessagingResponse``. No read, no decision, no evidence
-chain, no second table: one ``INSERT … ON CONFLICT DO NOTHING`` and a durable COMMIT,
-on the driver directly (``sqlite3``, ``psycopg``), with no SQLAlchemy around it.
+chain, no second table: one ``INSERT … ON CONFLICT DO NOTHING`` on the driver
+directly (``sqlite3``, ``psycopg``), with no SQLAlchemy around it.
 
-So its throughput bounds from above what any app that keeps its texts durably in
-that database can serve on this machine, and ``floor / bare`` bounds ``app / bare``:
-where the floor is already under a target, no relay can meet it here.
+Its durability is the app's own, at its cheapest: on SQLite the app's
+``WriterQueue`` (the cross-process writer lock, COMMIT under ``synchronous=NORMAL``,
+the write-ahead log's ``fdatasync`` after the lock is let go, a PASSIVE checkpoint
+every 100 commits); on Postgres one autocommitted statement, a single round trip,
+as durable as the server's ``synchronous_commit`` (on by default) makes any commit.
+So its throughput bounds from above what the app, or any app that keeps its texts
+in that database as durably, can serve on this machine: ``floor / bare`` bounds
+``app / bare``, and where the floor is under a target no relay can meet it here.
 
 Served like the others: ``gunicorn bench.floor:app --bind 127.0.0.1:PORT`` from the
-project root, ``DATABASE_URL`` a ``sqlite:///PATH`` or ``postgresql://`` URL (its one
-table is made at start). SQLite: WAL, ``synchronous=FULL``, BEGIN IMMEDIATE under a
-busy timeout. Postgres: one connection per worker, the server's own durability
-(``synchronous_commit`` as configured, on by default).
+project root, ``DATABASE_URL`` a ``sqlite:///PATH`` or ``postgresql://`` URL whose
+table ``create_table`` made first (``bench.run --floor`` does).
 """
 
 import os
@@ -27,73 +30,73 @@ from flask import Flask, Response, abort, request
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
 from bench.bare import ANSWER, BASE, TOKEN
+from bot import WriterQueue
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
 TABLE = "floor_inbound"
 SQLITE_PREFIX = "sqlite:///"
+BUSY_SECONDS = 10  # the app's DATABASE_BUSY_TIMEOUT in the bench
 
 app = Flask(__name__)
 _local = threading.local()
+_queues: dict[str, WriterQueue] = {}
+
+
+def _sqlite_path(database_url: str) -> str | None:
+    if database_url.startswith(SQLITE_PREFIX):
+        return os.path.realpath(database_url[len(SQLITE_PREFIX) :])
+    return None
+
+
+def _queue(path: str) -> WriterQueue:
+    queue = _queues.get(path)
+    if queue is None:
+        queue = _queues[path] = WriterQueue(path + ".writer-lock", BUSY_SECONDS, wal=path + "-wal")
+    return queue
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    """A connection set up as ``bot.configure_sqlite`` sets up the app's."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    queue = _queue(path)
+    deferred = queue.defer(conn)
+    conn.execute(f"PRAGMA synchronous={'NORMAL' if deferred else 'FULL'}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WriterQueue.SAFETY_CHECKPOINT_PAGES}")
     return conn
 
 
-def _postgres_connect(url: str):
+def _postgres_connect(database_url: str):
     import psycopg
 
-    return psycopg.connect(url.replace("postgres://", "postgresql://", 1))
+    url = database_url.replace("postgres://", "postgresql://", 1)
+    return psycopg.connect(url, autocommit=True)
 
 
-def _create_table() -> None:
+def create_table(database_url: str) -> None:
+    """The floor's one table, made before its servers start (not by each worker)."""
     ddl = (
         f"CREATE TABLE IF NOT EXISTS {TABLE} (sid VARCHAR(64) PRIMARY KEY,"
         " sender VARCHAR(255) NOT NULL, recipient VARCHAR(255) NOT NULL, body TEXT NOT NULL)"
     )
-    if DATABASE_URL.startswith(SQLITE_PREFIX):
-        conn = _sqlite_connect(DATABASE_URL[len(SQLITE_PREFIX) :])
-        conn.execute(ddl)
-        conn.close()
-    elif DATABASE_URL:
-        with _postgres_connect(DATABASE_URL) as conn:
-            conn.execute(ddl)
-
-
-def _keep(sid: str, sender: str, recipient: str, body: str) -> None:
-    """One durable transaction: the text is on disk when this returns."""
-    conn = getattr(_local, "conn", None)
-    if DATABASE_URL.startswith(SQLITE_PREFIX):
-        if conn is None:
-            conn = _local.conn = _sqlite_connect(DATABASE_URL[len(SQLITE_PREFIX) :])
-        conn.execute("BEGIN IMMEDIATE")
+    path = _sqlite_path(database_url)
+    if path is not None:
+        conn = sqlite3.connect(path, isolation_level=None)
         try:
-            conn.execute(
-                f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (sid, sender, recipient, body),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(ddl)
+        finally:
+            conn.close()
         return
-    if conn is None:
-        conn = _local.conn = _postgres_connect(DATABASE_URL)
-    with conn.transaction():
-        conn.execute(
-            f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (sid, sender, recipient, body),
-        )
+    with _postgres_connect(database_url) as conn:
+        conn.execute(ddl)
 
 
 def kept(database_url: str) -> int:
     """How many texts the floor at ``database_url`` has kept (for the bench's check)."""
     sql = f"SELECT count(*) FROM {TABLE}"
-    if database_url.startswith(SQLITE_PREFIX):
-        conn = sqlite3.connect(database_url[len(SQLITE_PREFIX) :])
+    path = _sqlite_path(database_url)
+    if path is not None:
+        conn = sqlite3.connect(path)
         try:
             return conn.execute(sql).fetchone()[0]
         finally:
@@ -102,8 +105,34 @@ def kept(database_url: str) -> int:
         return conn.execute(sql).fetchone()[0]
 
 
-if DATABASE_URL:
-    _create_table()
+def _keep_sqlite(path: str, row: tuple[str, ...]) -> None:
+    conn = getattr(_local, "conn", None)
+    if conn is None:
+        conn = _local.conn = _sqlite_connect(path)
+    queue = _queue(path)
+    queue.check()
+    if queue.acquire(conn) is None:
+        raise sqlite3.OperationalError("the writer lock was not free in time")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", row)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        queue.release(conn)
+    queue.flush(conn)  # on disk before the answer, as the app's commits
+    queue.committed(conn)
+
+
+def _keep_postgres(database_url: str, row: tuple[str, ...]) -> None:
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = _local.conn = _postgres_connect(database_url)
+    conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
 
 
 @app.post("/twilio/sms")
@@ -116,8 +145,13 @@ def sms():
     if not TOKEN or not RequestValidator(TOKEN).validate(url, request.form, signature, algorithm):
         abort(403)
     form = request.form
-    texts = (form.get(name, "") for name in ("MessageSid", "From", "To", "Body"))
-    _keep(*texts)
+    row = tuple(form.get(name, "") for name in ("MessageSid", "From", "To", "Body"))
+    database_url = os.environ["DATABASE_URL"]
+    path = _sqlite_path(database_url)
+    if path is not None:
+        _keep_sqlite(path, row)
+    else:
+        _keep_postgres(database_url, row)
     return Response(ANSWER, mimetype="text/xml")
 
 

@@ -219,9 +219,10 @@ def workload(requests: int, seed: int, contact_base: int, signer: Signer | None 
 
 @dataclass
 class Run:
-    """What one timed phase recorded: per request (kind, status, start, latency)."""
+    """What one timed phase recorded: per request (kind, MessageSid, status, start, latency)."""
 
     kinds: list[str] = field(default_factory=list)
+    sids: list[str] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
@@ -427,6 +428,7 @@ async def drive(
             run.latencies.append(perf() - t0)
             run.starts.append(t0 - started)
             run.kinds.append(step.kind)
+            run.sids.append(step.sid)
             run.statuses.append(status)
             active.append(steps)
 

@@ -83,8 +83,8 @@ def round_line(index: int, count: int, name: str, s: dict) -> str:
 
 
 def new_texts(run: Run) -> int:
-    """The webhooks of a round answered 200 that carried a MessageSid not sent before."""
-    return sum(s == 200 and k != "duplicate" for k, s in zip(run.kinds, run.statuses, strict=True))
+    """The MessageSids of a round answered 200 (a repeat's original was sent before it)."""
+    return len({sid for sid, s in zip(run.sids, run.statuses, strict=True) if s == 200})
 
 
 def run_rounds(
@@ -322,6 +322,8 @@ def main(argv=None) -> None:
         with ThreadPoolExecutor(len(backends)) as pool:
             prep = dict(zip(backends, pool.map(prepare, backends.values()), strict=True))
         print("migrated and seeded:", {k: f"{v:.1f}s" for k, v in prep.items()})
+        for url in floors.values():
+            floor.create_table(url)
         with contextlib.ExitStack() as stack:
             bare_env = common.app_env("sqlite:///:memory:", args.workers)
             servers = {
@@ -450,7 +452,7 @@ def problems(report: dict) -> list[str]:
         f"round {r['index'] + 1} ({r['target']}): kept {r['texts_kept']} texts,"
         f" answered {r['new_texts_answered']} new ones"
         for r in report["rounds"]
-        if r.get("texts_kept", r.get("new_texts_answered")) != r.get("new_texts_answered")
+        if "texts_kept" in r and r["texts_kept"] != r["new_texts_answered"]
     ]
     found += [
         f"audit verify {name}: {v['output']}"
