@@ -17,6 +17,12 @@ so each app round is measured right after a bare round under the same conditions
 Every round sends a fresh, pre-signed workload (``bench.load``). At the end it checks
 ``flask --app app audit verify`` on both databases, prints a table and writes
 ``bench/results/latest.json`` (``smoke.json`` for ``--smoke``). Databases are dropped.
+
+``--floor`` adds ``bench.floor`` (the bare endpoint plus one durable write of the
+text) on a database of its own beside each app, in the same alternation, and
+reports ``app / floor`` too. The run exits 1 when a timed round answered anything
+but 200 (every webhook of the mix is genuine), a floor kept other than one text
+per MessageSid answered, or ``audit verify`` failed: its figures would mean nothing.
 """
 
 import argparse
@@ -88,12 +94,17 @@ def new_texts(run: Run) -> int:
 
 
 def run_rounds(
-    servers: dict, schedule: list[str], args, pg_names: dict[str, str], floors: dict[str, str]
+    servers: dict,
+    schedule: list[str],
+    args,
+    pg_names: dict[str, str],
+    floors: dict[str, str] | None = None,
 ):
     """The timed rounds, in the schedule's order: each target's runs, and each round's
     summary with the CPU per request of its server and of the Postgres backends
     serving ``pg_names[target]`` (if it has one). A floor's round also counts the
     texts its database gained, which must be one per new text answered."""
+    floors = floors or {}
     runs: dict[str, list[Run]] = {name: [] for name in servers}
     rounds = []
     for i, name in enumerate(schedule):
