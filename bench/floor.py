@@ -26,10 +26,9 @@ import os
 import sqlite3
 import threading
 
-from flask import Flask, Response, abort, request
-from twilio.request_validator import RequestValidator, get_signature_algorithm
+from flask import Flask, Response, request
 
-from bench.bare import ANSWER, BASE, TOKEN
+from bench.bare import ANSWER, check_signature
 from bot import WriterQueue
 
 TABLE = "floor_inbound"
@@ -137,13 +136,7 @@ def _keep_postgres(database_url: str, row: tuple[str, ...]) -> None:
 
 @app.post("/twilio/sms")
 def sms():
-    base = BASE or request.root_url.rstrip("/")
-    query = request.query_string.decode("latin-1")
-    url = base + request.path + ("?" + query if query else "")
-    algorithm = get_signature_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
-    signature = request.headers.get("X-Twilio-Signature", "")
-    if not TOKEN or not RequestValidator(TOKEN).validate(url, request.form, signature, algorithm):
-        abort(403)
+    check_signature()
     form = request.form
     row = tuple(form.get(name, "") for name in ("MessageSid", "From", "To", "Body"))
     database_url = os.environ["DATABASE_URL"]

@@ -349,22 +349,15 @@ def main(argv=None) -> None:
                     )
                 )
             }
-            for name, url in backends.items():
+            modules = {
+                **dict.fromkeys(backends, "wsgi:app"),
+                **dict.fromkeys(floors, "bench.floor:app"),
+            }
+            for name, url in {**backends, **floors}.items():
                 servers[name] = stack.enter_context(
                     common.gunicorn(
                         name,
-                        "wsgi:app",
-                        common.app_env(url, args.workers),
-                        logs / f"{name}.log",
-                        args.workers,
-                        server_args,
-                    )
-                )
-            for name, url in floors.items():
-                servers[name] = stack.enter_context(
-                    common.gunicorn(
-                        name,
-                        "bench.floor:app",
+                        modules[name],
                         common.app_env(url, args.workers),
                         logs / f"{name}.log",
                         args.workers,
