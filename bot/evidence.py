@@ -248,11 +248,12 @@ def _walk(rows: Iterator[tuple]) -> tuple[int, int, list[Broken]]:
     """Recompute the chains of ``rows`` (``_scan_statement``'s layout): counts and breaks."""
     conversations = entries = 0
     broken: list[Broken] = []
-    current = last = fault = None
+    current = last = None
+    fault: str | None = None
     expected_seq, prev = 1, GENESIS
 
     def close(row) -> None:
-        reason = fault
+        reason: str | None = fault
         if reason is None and expected_seq - 1 != row[2]:
             reason = f"{row[2]} entries recorded, {expected_seq - 1} found"
         if reason is None and prev != row[1]:

@@ -89,7 +89,9 @@ class BadRequest(ValueError):
 
 # Characters XML 1.0 cannot carry (C0 controls but tab, newline and return;
 # lone surrogates; U+FFFE/U+FFFF). TwiML with one of them does not parse.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# (The surrogates by chr(): a compiler of this module, mypyc, takes no lone
+# surrogate in a string literal.)
+_NOT_XML = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{chr(0xD800)}-{chr(0xDFFF)}\ufffe\uffff]")
 
 
 def _clean(value: str | None) -> str:
@@ -592,12 +594,11 @@ _EMPLOYEE_PART = slice(1, 1 + len(_EMPLOYEE_COLUMNS))
 _CONV_PART = slice(3 + len(_EMPLOYEE_COLUMNS), None)
 
 
-class _FirstRead(namedtuple("_FirstRead", "employee settings conv answer")):
-    """What a webhook's first read found: the line's active employee (or None), the
-    settings in force, the locked conversation (or None) and, for a MessageSid
-    already kept, the answer given to it (or None)."""
-
-    __slots__ = ()
+# A plain namedtuple, not a subclass of one: mypyc compiles no such subclass.
+_FirstRead = namedtuple("_FirstRead", "employee settings conv answer")
+_FirstRead.__doc__ = """What a webhook's first read found: the line's active employee (or
+None), the settings in force, the locked conversation (or None) and, for a MessageSid
+already kept, the answer given to it (or None)."""
 
 
 def _read_line(rows) -> _FirstRead:
