@@ -594,11 +594,11 @@ _EMPLOYEE_PART = slice(1, 1 + len(_EMPLOYEE_COLUMNS))
 _CONV_PART = slice(3 + len(_EMPLOYEE_COLUMNS), None)
 
 
-# A plain namedtuple, not a subclass of one: mypyc compiles no such subclass.
+# What a webhook's first read found: the line's active employee (or None), the
+# settings in force, the locked conversation (or None) and, for a MessageSid
+# already kept, the answer given to it (or None). A plain namedtuple, not a
+# subclass of one: mypyc compiles no such subclass.
 _FirstRead = namedtuple("_FirstRead", "employee settings conv answer")
-_FirstRead.__doc__ = """What a webhook's first read found: the line's active employee (or
-None), the settings in force, the locked conversation (or None) and, for a MessageSid
-already kept, the answer given to it (or None)."""
 
 
 def _read_line(rows) -> _FirstRead:
