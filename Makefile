@@ -88,6 +88,7 @@ bench-smoke: venv $(VENV)/.bench valgrind
 	$(BIN)/python -m bench.compare HEAD --rounds 1 --requests 100 --out bench/results/compare-smoke.json
 	$(BIN)/python -m bench.sched --rounds 1 --requests 100 --out bench/results/sched-smoke.json
 	$(BIN)/python -m bench.instructions --quick --target sqlite --out bench/results/instructions-smoke.json
+	$(BIN)/python -m bench.compiled --quick --target sqlite --out bench/results/compiled-smoke.json
 
 # Re-make the README's screenshots with the browser test.
 screenshots: venv browser
