@@ -20,6 +20,8 @@ in one run, on the same workload, with ``--root``:
     python -m bench.instructions                          # this checkout
     python -m bench.instructions --target postgres        # the app on Postgres (its side only)
     python -m bench.instructions --root /tmp/a --root .   # two checkouts, side by side
+    python -m bench.instructions --target sqlite --target bare --by-function 25
+                                                          # + by library, and the top functions
 
 Bounded: fixed counts of webhooks, and a time limit per process.
 """
@@ -97,6 +99,55 @@ def _count(root: Path, target: str, count: int, database: Path, out: Path, args)
     return int(found.group(1))
 
 
+def _self_costs(out: Path) -> dict[str, int]:
+    """Each function's own instructions in a callgrind file, by ``callgrind_annotate``,
+    named ``library: source:function`` (the build's paths cut short)."""
+    done = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", "--inclusive=no", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    costs: dict[str, int] = {}
+    for line in done.stdout.splitlines():
+        found = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)(?:\s+\[([^\]]+)\])?\s*$", line)
+        if not found or "PROGRAM TOTALS" in line:
+            continue
+        count, function, library = found.groups()
+        function = re.sub(r"'\d+$", "", re.sub(r"^.*/Python-[\d.]+/", "", function))
+        if library is None:  # annotate names the library once, not on every line
+            library = (
+                "libpython"
+                if re.match(r"(Python|Objects|Modules|Include|Parser)/|\./Include", function)
+                else "?"
+            )
+        library = Path(library).name.split(".so")[0].split(".cpython")[0]
+        if library.startswith("libpython"):
+            library = "libpython"  # the interpreter: the Python code it runs, any module's
+        name = f"{library}: {function}"
+        costs[name] = costs.get(name, 0) + int(count.replace(",", ""))
+    return costs
+
+
+def _per_webhook(short: dict[str, int], longest: dict[str, int], webhooks: int) -> dict[str, float]:
+    return {k: (longest.get(k, 0) - short.get(k, 0)) / webhooks for k in {*short, *longest}}
+
+
+def _split(per: dict[str, float], top: int) -> dict:
+    """A webhook's instructions by library, and its ``top`` functions by their own."""
+    libraries: dict[str, float] = {}
+    for name, count in per.items():
+        library = name.split(": ", 1)[0]
+        libraries[library] = libraries.get(library, 0) + count
+    functions = sorted(per.items(), key=lambda item: -item[1])[:top]
+    return {
+        "by_library": {
+            k: round(v) for k, v in sorted(libraries.items(), key=lambda i: -i[1]) if round(v)
+        },
+        "top_functions": {k: round(v) for k, v in functions},
+    }
+
+
 def _commit(root: Path) -> str:
     done = subprocess.run(
         ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True
@@ -111,6 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=float, default=900.0, help="seconds per process, at most")
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny counts (bench-smoke)")
+    parser.add_argument(
+        "--by-function",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also split a webhook's instructions by library and list its top N functions",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -161,6 +219,12 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 report["results"].append(row)
                 print(f"{row['commit']:>14} {target:7s} {per / 1e6:8.3f} M instructions a webhook")
+                if args.by_function:
+                    outs = [tmp / f"callgrind-{n}-{target}-{c}.out" for c in (short, longest)]
+                    costs = _per_webhook(*map(_self_costs, outs), longest - short)
+                    row.update(_split(costs, args.by_function))
+                    for library, count in list(row["by_library"].items())[:6]:
+                        print(f"{'':>14} {'':7s} {count / 1e3:8.1f} k in {library}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if "postgres" in targets:
