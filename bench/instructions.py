@@ -108,24 +108,25 @@ def _self_costs(out: Path) -> dict[str, int]:
         text=True,
         check=True,
     )
-    costs: dict[str, int] = {}
+    # annotate names a function's library on the function's own line only, not on
+    # the lines of code inlined into it from other files (a header's, say): those
+    # take the library of the function of the same name, where one was named.
+    lines = []
     for line in done.stdout.splitlines():
         found = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)(?:\s+\[([^\]]+)\])?\s*$", line)
-        if not found or "PROGRAM TOTALS" in line:
-            continue
-        count, function, library = found.groups()
-        function = re.sub(r"'\d+$", "", re.sub(r"^.*/Python-[\d.]+/", "", function))
-        if library is None:  # annotate names the library once, not on every line
-            library = (
-                "libpython"
-                if re.match(r"(Python|Objects|Modules|Include|Parser)/|\./Include", function)
-                else "?"
-            )
+        if found and "PROGRAM TOTALS" not in line:
+            count, function, library = found.groups()
+            function = re.sub(r"'\d+$", "", re.sub(r"^.*/Python-[\d.]+/", "", function))
+            lines.append((int(count.replace(",", "")), function, library))
+    named = {f.rsplit(":", 1)[-1]: lib for _, f, lib in lines if lib is not None}
+    costs: dict[str, int] = {}
+    for count, function, library in lines:
+        library = library or named.get(function.rsplit(":", 1)[-1], "?")
         library = Path(library).name.split(".so")[0].split(".cpython")[0]
         if library.startswith("libpython"):
             library = "libpython"  # the interpreter: the Python code it runs, any module's
         name = f"{library}: {function}"
-        costs[name] = costs.get(name, 0) + int(count.replace(",", ""))
+        costs[name] = costs.get(name, 0) + count
     return costs
 
 
