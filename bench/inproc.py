@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.common import (
     PUBLIC_BASE,
+    ROOT,
     SMS_PATH,
     TOKEN,
     app_env,
@@ -127,6 +128,28 @@ def _round(app, requests: int, contact_base: int, time_cap: float, profile=None)
     return len(environs), time.process_time() - cpu0, time.perf_counter() - wall0, bad
 
 
+def by_package(stats: pstats.Stats, webhooks: int) -> dict[str, tuple[float, float]]:
+    """Function calls and own time a webhook, by the package each function is in:
+    an installed distribution's top-level name, ``bot``, ``bench``, ``stdlib`` or
+    ``builtins`` (functions written in C)."""
+    found: dict[str, list[float]] = {}
+    for (path, _line, _name), (_prim, calls, own, _cum, _callers) in stats.stats.items():
+        if "site-packages/" in path:
+            package = path.split("site-packages/", 1)[1].split("/", 1)[0]
+        elif path == "~":
+            package = "builtins"
+        elif Path(path).parent.name in ("bot", "bench") and Path(path).parent.parent == ROOT:
+            package = Path(path).parent.name
+        elif path.startswith(sys.base_prefix):
+            package = "stdlib"
+        else:
+            package = "other"
+        total = found.setdefault(package, [0.0, 0.0])
+        total[0] += calls / webhooks
+        total[1] += own / webhooks
+    return {k: (v[0], v[1]) for k, v in sorted(found.items(), key=lambda i: -i[1][1])}
+
+
 def _pg_cpu(database: str) -> float:
     return cpu_seconds(postgres_pids(database))
 
@@ -192,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
             stats = pstats.Stats(profile).sort_stats("cumulative")
             stats.print_stats(args.top)
             stats.sort_stats("tottime").print_stats(args.top)
+            print(f"by package, a webhook ({args.profile}; times with cProfile's own cost):")
+            for package, (calls, seconds) in by_package(stats, args.requests).items():
+                print(f"  {calls:7.1f} calls {seconds * 1e6:8.1f} µs  {package}")
     finally:
         for app in targets.values():
             if hasattr(app, "extensions") and "sqlalchemy" in app.extensions:
