@@ -29,7 +29,7 @@ import threading
 from flask import Flask, Response, request
 
 from bench.bare import ANSWER, check_signature
-from bot import WriterQueue
+from bot import WriterQueue, prepare_sqlite_connection
 
 TABLE = "floor_inbound"
 SQLITE_PREFIX = "sqlite:///"
@@ -37,7 +37,6 @@ BUSY_SECONDS = 10  # the app's DATABASE_BUSY_TIMEOUT in the bench
 
 app = Flask(__name__)
 _local = threading.local()
-_queues: dict[str, WriterQueue] = {}
 
 
 def _sqlite_path(database_url: str) -> str | None:
@@ -46,22 +45,15 @@ def _sqlite_path(database_url: str) -> str | None:
     return None
 
 
-def _queue(path: str) -> WriterQueue:
-    queue = _queues.get(path)
-    if queue is None:
-        queue = _queues[path] = WriterQueue(path + ".writer-lock", BUSY_SECONDS, wal=path + "-wal")
-    return queue
-
-
-def _sqlite_connect(path: str) -> sqlite3.Connection:
-    """A connection set up as ``bot.configure_sqlite`` sets up the app's."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
-    conn.execute("PRAGMA journal_mode=WAL")
-    queue = _queue(path)
-    deferred = queue.defer(conn)
-    conn.execute(f"PRAGMA synchronous={'NORMAL' if deferred else 'FULL'}")
-    conn.execute(f"PRAGMA wal_autocheckpoint={WriterQueue.SAFETY_CHECKPOINT_PAGES}")
-    return conn
+# The database this server writes to, read once (no file is touched at import),
+# and on SQLite the app's writer queue for it.
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+SQLITE_PATH = _sqlite_path(DATABASE_URL)
+QUEUE = (
+    WriterQueue(SQLITE_PATH + ".writer-lock", BUSY_SECONDS, wal=SQLITE_PATH + "-wal")
+    if SQLITE_PATH
+    else None
+)
 
 
 def _postgres_connect(database_url: str):
@@ -104,13 +96,13 @@ def kept(database_url: str) -> int:
         return conn.execute(sql).fetchone()[0]
 
 
-def _keep_sqlite(path: str, row: tuple[str, ...]) -> None:
+def _keep_sqlite(row: tuple[str, ...]) -> None:
     conn = getattr(_local, "conn", None)
     if conn is None:
-        conn = _local.conn = _sqlite_connect(path)
-    queue = _queue(path)
-    queue.check()
-    if queue.acquire(conn) is None:
+        conn = _local.conn = sqlite3.connect(SQLITE_PATH)
+        prepare_sqlite_connection(conn, QUEUE, BUSY_SECONDS)  # the app's own set-up
+    QUEUE.check()
+    if QUEUE.acquire(conn) is None:
         raise sqlite3.OperationalError("the writer lock was not free in time")
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -122,15 +114,15 @@ def _keep_sqlite(path: str, row: tuple[str, ...]) -> None:
                 conn.execute("ROLLBACK")
             raise
     finally:
-        queue.release(conn)
-    queue.flush(conn)  # on disk before the answer, as the app's commits
-    queue.committed(conn)
+        QUEUE.release(conn)
+    QUEUE.flush(conn)  # on disk before the answer, as the app's commits
+    QUEUE.committed(conn)
 
 
-def _keep_postgres(database_url: str, row: tuple[str, ...]) -> None:
+def _keep_postgres(row: tuple[str, ...]) -> None:
     conn = getattr(_local, "conn", None)
     if conn is None or conn.closed:
-        conn = _local.conn = _postgres_connect(database_url)
+        conn = _local.conn = _postgres_connect(DATABASE_URL)
     conn.execute(f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", row)
 
 
@@ -139,12 +131,10 @@ def sms():
     check_signature()
     form = request.form
     row = tuple(form.get(name, "") for name in ("MessageSid", "From", "To", "Body"))
-    database_url = os.environ["DATABASE_URL"]
-    path = _sqlite_path(database_url)
-    if path is not None:
-        _keep_sqlite(path, row)
+    if SQLITE_PATH is not None:
+        _keep_sqlite(row)
     else:
-        _keep_postgres(database_url, row)
+        _keep_postgres(row)
     return Response(ANSWER, mimetype="text/xml")
 
 

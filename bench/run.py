@@ -46,6 +46,7 @@ from bench.load import Run, ceiling, latency_summary, send_all, summarize, workl
 
 GOAL = 0.5  # the app should reach at least half of the bare endpoint's throughput
 PG_NAME = f"bench_{os.getpid()}"
+PG_FLOOR_NAME = PG_NAME + "_floor"
 
 
 def prepare(database_url: str) -> float:
@@ -326,7 +327,7 @@ def main(argv=None) -> None:
     if args.floor:
         floors["floor-sqlite"] = f"sqlite:///{tmp / 'floor.sqlite3'}"
         if not args.no_postgres:
-            floors["floor-postgres"] = common.create_pg_db(PG_NAME + "_floor")
+            floors["floor-postgres"] = common.create_pg_db(PG_FLOOR_NAME)
     logs = common.RESULTS / "logs"
     shutil.rmtree(logs, ignore_errors=True)
     try:
@@ -379,7 +380,7 @@ def main(argv=None) -> None:
                     schedule += ["bare", name]
             pg_names = {"app-postgres": PG_NAME} if not args.no_postgres else {}
             if "floor-postgres" in floors:
-                pg_names["floor-postgres"] = PG_NAME + "_floor"
+                pg_names["floor-postgres"] = PG_FLOOR_NAME
             runs, rounds = run_rounds(servers, schedule, args, pg_names, floors)
             report["schedule"] = schedule
             report["rounds"] = rounds
@@ -411,13 +412,13 @@ def main(argv=None) -> None:
             }
         # The app against the floor of its own database: what the relay's own work
         # costs, with the machine's share (HTTP, the durable commit) taken out.
+        pairs = {name: name.replace("app-", "floor-") for name in backends}
         report["over_floor"] = {
-            f"{name}/{name.replace('app-', 'floor-')}": ratio(
-                report["totals"][name]["throughput_rps"],
-                report["totals"][name.replace("app-", "floor-")]["throughput_rps"],
+            f"{name}/{own}": ratio(
+                report["totals"][name]["throughput_rps"], report["totals"][own]["throughput_rps"]
             )
-            for name in backends
-            if name.replace("app-", "floor-") in floors
+            for name, own in pairs.items()
+            if own in floors
         }
         report["audit_verify"] = {name: verify(url) for name, url in backends.items()}
     finally:
@@ -426,7 +427,7 @@ def main(argv=None) -> None:
                 common.drop_pg_db(PG_NAME)
         if "floor-postgres" in floors:
             with contextlib.suppress(Exception):
-                common.drop_pg_db(PG_NAME + "_floor")
+                common.drop_pg_db(PG_FLOOR_NAME)
         shutil.rmtree(tmp, ignore_errors=True)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print_table(report)

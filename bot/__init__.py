@@ -142,22 +142,7 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        wal = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
-        cursor.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        # NORMAL: COMMIT writes the log without flushing it; the queue flushes it
-        # once the lock is let go, before the transaction's caller goes on.
-        # Without a queue (in-memory or URI databases), or a log where the queue
-        # looks for it, COMMIT flushes itself.
-        deferred = queue is not None and wal and queue.defer(dbapi_connection)
-        cursor.execute(f"PRAGMA synchronous={'NORMAL' if deferred else 'FULL'}")
-        if queue is not None:
-            # Checkpoints run after the writer lock is let go (WriterQueue.committed);
-            # SQLite's own, inside COMMIT, only as a safety net for a WAL of ~40 MB.
-            cursor.execute(f"PRAGMA wal_autocheckpoint={WriterQueue.SAFETY_CHECKPOINT_PAGES}")
-        cursor.close()
+        prepare_sqlite_connection(dbapi_connection, queue, busy_seconds)
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
@@ -235,6 +220,27 @@ def configure_sqlite(engine, busy_seconds: int) -> None:
         @event.listens_for(engine, "close_detached")
         def _close_detached(dbapi_connection):
             queue.forget(dbapi_connection)
+
+
+def prepare_sqlite_connection(dbapi_connection, queue: "WriterQueue | None", busy_seconds) -> None:
+    """A new sqlite3 connection set up for ``queue``: WAL, the busy timeout, foreign
+    keys, and the flushes left to the queue where it can make them."""
+    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+    cursor = dbapi_connection.cursor()
+    wal = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    cursor.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # NORMAL: COMMIT writes the log without flushing it; the queue flushes it
+    # once the lock is let go, before the transaction's caller goes on.
+    # Without a queue (in-memory or URI databases), or a log where the queue
+    # looks for it, COMMIT flushes itself.
+    deferred = queue is not None and wal and queue.defer(dbapi_connection)
+    cursor.execute(f"PRAGMA synchronous={'NORMAL' if deferred else 'FULL'}")
+    if queue is not None:
+        # Checkpoints run after the writer lock is let go (WriterQueue.committed);
+        # SQLite's own, inside COMMIT, only as a safety net for a WAL of ~40 MB.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WriterQueue.SAFETY_CHECKPOINT_PAGES}")
+    cursor.close()
 
 
 def _driver(connection):
