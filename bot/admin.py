@@ -25,7 +25,8 @@ from bot import evidence, phones, relay, texts
 from bot import settings as org_settings
 from bot.auth import current_admin, login_required
 from bot.consent import State
-from bot.extensions import db, read_only
+from bot.database import read_only
+from bot.extensions import db
 from bot.forms import (
     ActionForm,
     ContactNameForm,

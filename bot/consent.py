@@ -3,8 +3,12 @@
 ``decide`` takes what is known about a conversation and the text that just
 arrived and returns what must happen: the conversation's next state, the texts
 to send (in order), whether the text is relayed, held or stopped, whether held
-texts are released or discarded, and the consent events to record. Everything
-the bot does about consent is decided here and nowhere else.
+texts are released or discarded, and the consent events to record with the
+text each one showed the contact. ``route_employee_text`` decides where an
+employee's text goes (SPEC §6), ``delivery_failed`` what a failed send means
+(21610: an opt-out), ``opt_out_elsewhere`` and ``unrouted`` the opt-outs that
+do not come as a text to an active line. Everything the bot does about consent
+is decided here and nowhere else.
 """
 
 from dataclasses import dataclass, replace
@@ -47,12 +51,23 @@ class Event(StrEnum):
 
 
 class Disposition(StrEnum):
-    """What becomes of the text that arrived."""
+    """What becomes of an inbound text."""
 
     RELAYED = "relayed"  # delivered to the other side now
     HELD = "held"  # kept until the contact opts in (or discarded on opt-out)
-    ANSWERED = "answered"  # a keyword: handled by the bot, not relayed
+    RELEASED = "released"  # held, then delivered when the contact opted in
+    DISCARDED = "discarded"  # held, then dropped when the contact opted out (kept in the log)
+    ANSWERED = "answered"  # a keyword or an addressing command: handled by the bot
     BLOCKED = "blocked"  # an employee's text to an opted-out contact: never sent
+    UNROUTED = "unrouted"  # sent to a number that is no active line
+
+
+@dataclass(frozen=True)
+class ConsentEvent:
+    """A consent event to record, with the key (SPEC §3) of the text it showed the contact."""
+
+    event: Event
+    shown: str | None = None
 
 
 # A consent request is repeated to a pending contact only after this long.
@@ -125,7 +140,7 @@ class Decision:
     disposition: Disposition
     steps: tuple[Step, ...] = ()
     discard_held: bool = False
-    events: tuple[Event, ...] = ()
+    events: tuple[ConsentEvent, ...] = ()
 
     def texts_to(self, role: Role) -> tuple[str, ...]:
         """The keys of the texts this decision sends to one side."""
@@ -165,8 +180,24 @@ def opt_out_elsewhere(conv: Conversation) -> Decision:
         replace(conv, state=State.OPTED_OUT),
         Disposition.ANSWERED,
         discard_held=True,
-        events=(Event.OPTED_OUT,),
+        events=(ConsentEvent(Event.OPTED_OUT),),
     )
+
+
+# Twilio's error for a send to a recipient who opted out of the sender (TWILIO.md).
+CARRIER_OPT_OUT = "21610"
+
+
+def delivery_failed(conv: Conversation, error_code: str | None, to_contact: bool) -> Decision:
+    """A text of this conversation failed with ``error_code`` (a status callback, a REST send).
+
+    21610 on a text to the contact means they blocked the line at carrier level
+    (SPEC §7): an opt-out. Any other failure, or one on a text to the employee,
+    changes nothing about consent.
+    """
+    if error_code == CARRIER_OPT_OUT and to_contact:
+        return opt_out_elsewhere(conv)
+    return Decision(conv, conv, Disposition.ANSWERED)
 
 
 def unrouted(conv: Conversation, message: Classification) -> Decision:
@@ -179,11 +210,11 @@ def unrouted(conv: Conversation, message: Classification) -> Decision:
         return Decision(
             conv,
             replace(conv, state=State.OPTED_OUT, twilio_opt_out=message.by_twilio),
-            Disposition.ANSWERED,
+            Disposition.UNROUTED,
             discard_held=True,
-            events=(Event.OPTED_OUT,),
+            events=(ConsentEvent(Event.OPTED_OUT),),
         )
-    return Decision(conv, conv, Disposition.ANSWERED)
+    return Decision(conv, conv, Disposition.UNROUTED)
 
 
 # -- contact → line (SPEC §5) -------------------------------------------------
@@ -206,9 +237,11 @@ def _from_contact(
             # One confirmation only. What they wrote since stays held for a START.
             return Decision(conv, conv, Disposition.ANSWERED)
         steps: list[Step] = []
+        shown = None
         if not (policy.filtered and message.carrier):
             # Twilio confirms (and blocks) only its own opt-out words.
-            steps.append(Text(Role.CONTACT, "opt_out.to_contact"))
+            shown = "opt_out.to_contact"
+            steps.append(Text(Role.CONTACT, shown))
         steps.append(Text(Role.EMPLOYEE, "opt_out.to_employee"))
         return Decision(
             conv,
@@ -216,7 +249,7 @@ def _from_contact(
             Disposition.ANSWERED,
             tuple(steps),
             discard_held=True,
-            events=(Event.OPTED_OUT,),
+            events=(ConsentEvent(Event.OPTED_OUT, shown),),
         )
 
     if message.kind is Kind.OPT_IN and _is_consent_answer(conv, policy, message):
@@ -251,27 +284,27 @@ def _is_consent_answer(conv: Conversation, policy: Policy, message: Classificati
 
 def _opt_in(conv: Conversation) -> Decision:
     """The contact said YES: confirm to both sides and release what was held."""
-    variant = conv.initiator if conv.state is State.PENDING else Role.CONTACT
-    prefix = f"consent.{variant or Role.CONTACT}_initiated.opted_in"
+    variant = (conv.initiator if conv.state is State.PENDING else None) or Role.CONTACT
+    prefix = f"consent.{variant}_initiated.opted_in"
     return Decision(
         conv,
-        Conversation(State.OPTED_IN, variant or Role.CONTACT, conv.last_request_at, False),
+        Conversation(State.OPTED_IN, variant, conv.last_request_at, False),
         Disposition.ANSWERED,
         (
             Text(Role.CONTACT, f"{prefix}.to_contact"),
             Text(Role.EMPLOYEE, f"{prefix}.to_employee"),
             RELEASE,
         ),
-        events=(Event.OPTED_IN,),
+        events=(ConsentEvent(Event.OPTED_IN, f"{prefix}.to_contact"),),
     )
 
 
 def _request_consent(conv: Conversation, initiator: Role, now: datetime) -> Decision:
     """Move to pending: hold the text and ask the contact for consent."""
     prefix = f"consent.{initiator}_initiated"
-    events = (Event.REQUEST_SENT,)
+    events = (ConsentEvent(Event.REQUEST_SENT, f"{prefix}.to_contact"),)
     if conv.state is State.OPTED_OUT:
-        events = (Event.RE_ENGAGED, Event.REQUEST_SENT)
+        events = (ConsentEvent(Event.RE_ENGAGED), *events)
     return Decision(
         conv,
         Conversation(State.PENDING, initiator, now, False),
@@ -286,13 +319,13 @@ def _still_pending(conv: Conversation, now: datetime) -> Decision:
     last = conv.last_request_at
     if last is not None and now - last <= REQUEST_REPEAT_AFTER:
         return Decision(conv, conv, Disposition.HELD)
-    initiator = conv.initiator or Role.CONTACT
+    key = f"consent.{conv.initiator or Role.CONTACT}_initiated.to_contact"
     return Decision(
         conv,
         replace(conv, last_request_at=now),
         Disposition.HELD,
-        (Text(Role.CONTACT, f"consent.{initiator}_initiated.to_contact"),),
-        events=(Event.REQUEST_SENT,),
+        (Text(Role.CONTACT, key),),
+        events=(ConsentEvent(Event.REQUEST_SENT, key),),
     )
 
 
@@ -303,10 +336,11 @@ def _start_flowing(conv: Conversation, initiator: Role, mode: Mode) -> Decision:
     whatever it held is released ahead of the text.
     """
     steps: list[Step] = []
-    events: tuple[Event, ...] = ()
+    events: tuple[ConsentEvent, ...] = ()
     if mode is Mode.DISCLAIMER:
-        steps.append(Text(Role.CONTACT, f"disclaimer.{initiator}_initiated.to_contact"))
-        events = (Event.DISCLAIMER_SENT,)
+        key = f"disclaimer.{initiator}_initiated.to_contact"
+        steps.append(Text(Role.CONTACT, key))
+        events = (ConsentEvent(Event.DISCLAIMER_SENT, key),)
     if conv.state is State.PENDING:
         steps.append(RELEASE)
     steps.append(RELAY)
@@ -333,10 +367,11 @@ def _opted_out_contact_wrote(conv: Conversation, policy: Policy, now: datetime) 
     if mode is Mode.CONSENT:
         return _request_consent(conv, Role.CONTACT, now)
     steps: list[Step] = []
-    events: tuple[Event, ...] = (Event.RE_ENGAGED,)
+    events: tuple[ConsentEvent, ...] = (ConsentEvent(Event.RE_ENGAGED),)
     if mode is Mode.DISCLAIMER:
-        steps.append(Text(Role.CONTACT, "disclaimer.contact_initiated.to_contact"))
-        events = (Event.RE_ENGAGED, Event.DISCLAIMER_SENT)
+        key = "disclaimer.contact_initiated.to_contact"
+        steps.append(Text(Role.CONTACT, key))
+        events = (*events, ConsentEvent(Event.DISCLAIMER_SENT, key))
     steps += [RELEASE, RELAY, Text(Role.EMPLOYEE, "consent.contact_initiated.opted_in.to_employee")]
     return Decision(
         conv,
@@ -348,6 +383,65 @@ def _opted_out_contact_wrote(conv: Conversation, policy: Policy, now: datetime) 
 
 
 # -- employee cell → own line (SPEC §6) --------------------------------------
+
+
+class Reply(StrEnum):
+    """The bot's own answers to an employee about addressing (their words: ``bot.texts``)."""
+
+    USAGE = "usage"  # #help, or no contact to send to
+    EMPTY = "empty"  # nothing to send
+    BAD_NUMBER = "bad_number"  # a leading number meant as an address is not valid
+    NOT_A_CONTACT = "not_a_contact"  # the number is the line's or the employee's own
+    SWITCHED = "switched"  # a bare number: the current contact changed
+
+
+@dataclass(frozen=True)
+class EmployeeText:
+    """An employee's text as read for addressing (``bot.phones.leading_address``)."""
+
+    body: str
+    has_media: bool = False
+    named: str | None = None  # the contact address a leading number names
+    number: str | None = None  # that address's number, without a channel prefix
+    rest: str = ""  # the text after the leading number
+    invalid: str | None = None  # why a leading number meant as an address is not valid
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an employee's text goes: a contact, the words to deliver, and a reply."""
+
+    contact: str | None = None  # the conversation it goes to (None: none, only a reply)
+    body: str | None = None  # what to deliver when the text named its contact
+    reply: Reply | None = None  # the bot's answer to the employee instead of a delivery
+    detail: str = ""  # what was wrong, for the reply
+
+
+def route_employee_text(
+    text: EmployeeText, own_numbers: tuple[str, ...], current: str | None
+) -> Route:
+    """SPEC §6: a leading number addresses (and becomes the current contact); without
+    one the text goes to the current contact; a bare number only switches to it;
+    ``#help``, an empty text, an invalid number, the line's own numbers and no
+    current contact get a reply and nothing is delivered."""
+    if text.body.strip().lower() == "#help":
+        return Route(reply=Reply.USAGE)
+    if not text.body.strip() and not text.has_media:
+        return Route(reply=Reply.EMPTY)
+    if text.invalid is not None:
+        return Route(reply=Reply.BAD_NUMBER, detail=text.invalid)
+    if text.named is None:
+        return Route(current) if current is not None else Route(reply=Reply.USAGE)
+    if text.number in own_numbers:
+        return Route(reply=Reply.NOT_A_CONTACT)
+    if not text.rest and not text.has_media:
+        return Route(text.named, reply=Reply.SWITCHED)
+    return Route(text.named, body=text.rest)
+
+
+def answer_employee(conv: Conversation, reply: Reply) -> Decision:
+    """A reply about addressing: the employee gets it; nothing else happens."""
+    return Decision(conv, conv, Disposition.ANSWERED, (Text(Role.EMPLOYEE, f"reply.{reply}"),))
 
 
 def _from_employee(conv: Conversation, policy: Policy, now: datetime) -> Decision:

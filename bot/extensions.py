@@ -23,12 +23,3 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate(render_as_batch=True, compare_type=True)
 csrf = CSRFProtect()
-
-# Execution option: this transaction only reads (SQLite then begins DEFERRED).
-READ_ONLY = "consentline_read_only"
-
-
-def read_only() -> None:
-    """Start the session's next transaction as a reader that blocks no writer."""
-    db.session.rollback()
-    db.session.connection(execution_options={READ_ONLY: True})

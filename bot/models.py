@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot import consent
+from bot.consent import Disposition
 from bot.extensions import db
 
 GENESIS = "0" * 64
@@ -48,9 +49,6 @@ class UTCDateTime(TypeDecorator):
 
     impl = DateTime(timezone=True)
     cache_ok = True
-    # Equal instants bind to equal values (each is turned into UTC first), so
-    # bot.statements may bind a time once for every parameter it is given to.
-    binds_by_instant = True
 
     def process_bind_param(self, value, dialect):
         if value is None:
@@ -82,18 +80,6 @@ def _enum(enum_cls: type[StrEnum], length: int = 20) -> Enum:
 class Direction(StrEnum):
     INBOUND = "inbound"
     OUTBOUND = "outbound"
-
-
-class Disposition(StrEnum):
-    """What became of an inbound text."""
-
-    RELAYED = "relayed"
-    HELD = "held"
-    RELEASED = "released"
-    DISCARDED = "discarded"
-    ANSWERED = "answered"
-    BLOCKED = "blocked"
-    UNROUTED = "unrouted"
 
 
 class RecordKind(StrEnum):

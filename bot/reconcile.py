@@ -28,7 +28,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from bot import phones, relay, twiml
-from bot.extensions import db, read_only
+from bot.database import read_only
+from bot.extensions import db
 from bot.models import Direction, Employee, Message, utcnow
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 
 from bot import texts
 from bot.consent import Mode
@@ -32,34 +32,26 @@ class Settings:
     saved: frozenset[str]
 
     def text(self, key: str) -> str:
-        return self.texts[key]
+        """A text's words: the organisation's (SPEC §3), or a reply's (``texts.REPLIES``)."""
+        return self.texts[key] if key in self.texts else texts.REPLIES[key]
+
+
+_SAVED = select(Setting.key, Setting.value)
 
 
 def current() -> Settings:
     """The settings in force now: saved values over the environment's defaults."""
-    return from_saved(dict(db.session.execute(select(Setting.key, Setting.value)).all()))
+    return from_saved(dict(db.session.execute(_SAVED).all()))
 
 
-# The last answer of from_saved, for the same defaults and saved rows: a
-# webhook reads the saved rows every time (a change applies from the next
-# message on), and they are almost always what the previous one read.
-_last: tuple = (None, None, None)
+def read(conn: Connection) -> Settings:
+    """The same, read in ``conn``'s transaction (a webhook's)."""
+    return from_saved(dict(conn.execute(_SAVED).all()))
 
 
 def from_saved(saved: dict[str, str]) -> Settings:
     """The settings that ``saved`` (key → value, as stored) puts in force."""
-    global _last
     config = current_app.config
-    defaults = (config["COMPANY_NAME"], config["OPT_IN_MODE"])
-    last_defaults, last_saved, last = _last
-    if defaults == last_defaults and saved == last_saved:
-        return last
-    last = _from_saved(config, saved)
-    _last = (defaults, dict(saved), last)
-    return last
-
-
-def _from_saved(config, saved: dict[str, str]) -> Settings:
     merged = dict(texts.DEFAULTS)
     for key, value in saved.items():
         if key.startswith(TEXT_PREFIX) and key[len(TEXT_PREFIX) :] in merged:

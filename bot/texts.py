@@ -66,22 +66,27 @@ DEFAULTS: dict[str, str] = {
 }
 
 PLACEHOLDERS = ("employee_name", "company_name", "contact", "body")
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+# The replies' own: the contact's number as people read it, and what was wrong.
+_PLACEHOLDER = re.compile(r"\{(" + "|".join((*PLACEHOLDERS, "number", "error")) + r")\}")
 
 # Appended to the employee's copy of a contact text that reads like a revocation.
 HINT_MARK = " (possible opt-out request)"
 
-# Replies to the employee about addressing; not part of the configurable texts.
-USAGE = (
-    "[Auto Message] To text a contact, start with their number: "
-    "+15551234567 Hello (or whatsapp:+15551234567 Hello). "
-    "Without a number, your text goes to the contact you last spoke with. "
-    "Send just a number to switch to that contact."
-)
-SWITCHED = "[Auto Message] Now texting {contact}. Your next texts go to this contact."
-BAD_NUMBER = "[Auto Message] {error} Nothing was sent. Send #help for how to address a contact."
-NOT_A_CONTACT = "[Auto Message] That number belongs to this line. Nothing was sent."
-EMPTY = "[Auto Message] That text was empty. Nothing was sent."
+# Replies to the employee about addressing (``consent.Reply``); not configurable.
+REPLIES: dict[str, str] = {
+    "reply.usage": (
+        "[Auto Message] To text a contact, start with their number: "
+        "+15551234567 Hello (or whatsapp:+15551234567 Hello). "
+        "Without a number, your text goes to the contact you last spoke with. "
+        "Send just a number to switch to that contact."
+    ),
+    "reply.switched": "[Auto Message] Now texting {number}. Your next texts go to this contact.",
+    "reply.bad_number": (
+        "[Auto Message] {error} Nothing was sent. Send #help for how to address a contact."
+    ),
+    "reply.not_a_contact": "[Auto Message] That number belongs to this line. Nothing was sent.",
+    "reply.empty": "[Auto Message] That text was empty. Nothing was sent.",
+}
 
 MAX_PART = 1600
 
@@ -108,3 +113,15 @@ def split(text: str, prefix: str = "", limit: int = MAX_PART) -> list[str]:
         return [whole[i : i + limit] for i in range(0, len(whole), limit)]
     room = limit - len(prefix)
     return [prefix + text[i : i + room] for i in range(0, len(text), room)]
+
+
+def relay_parts(template: str, values: Mapping[str, str], mark: str = "") -> list[str]:
+    """A contact's text relayed to the employee (``relay.to_employee``), in parts.
+
+    When the template ends with the body, its start (``Name: ``) is repeated on
+    each part; ``mark`` follows the body (a revocation hint's).
+    """
+    if template.endswith("{body}"):
+        prefix = render(template[: -len("{body}")], values)
+        return split(values["body"] + mark, prefix)
+    return split(render(template, values) + mark)

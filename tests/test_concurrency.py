@@ -107,7 +107,7 @@ def test_contact_and_employee_texts_at_once_all_go_through_in_one_order(app, ser
     assert to_employee == sorted(f"{CONTACT}: contact {i}" for i in range(BURST // 3))
     assert to_contact == sorted(f"employee {i}" for i in range(BURST // 3))
     helps = [m for m in sent if m.to is None]
-    assert len(helps) == BURST // 3 and {m.body for m in helps} == {texts.USAGE}
+    assert len(helps) == BURST // 3 and {m.body for m in helps} == {texts.REPLIES["reply.usage"]}
     with app.app_context():
         assert evidence.verify().ok
         received = db.session.execute(
@@ -116,10 +116,9 @@ def test_contact_and_employee_texts_at_once_all_go_through_in_one_order(app, ser
     assert received == 2 + len(burst)
 
 
-def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio, employee):
-    """Postgres: the read of the line, the settings and the conversation holds that
-    conversation's row lock until the transaction ends; another contact's is free.
-    SQLite: the transaction already holds the database's write lock."""
+def test_a_locked_conversation_holds_its_lock_and_no_other(app, twilio, employee):
+    """Postgres: the conversation's row lock is held until the transaction ends; another
+    contact's is free. SQLite: the transaction already holds the database's write lock."""
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
@@ -131,16 +130,16 @@ def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio,
         engine = db.engine
         postgres = engine.dialect.name == "postgresql"
         with engine.begin() as first:
-            conv = relay._line_and_conversation(first, LINE, CONTACT).conv
-            assert conv is not None and conv.contact == CONTACT
+            conv = relay.lock_conversation(first, LINE, CONTACT, utcnow())
+            assert conv.contact == CONTACT
             with engine.connect() as second:
                 if postgres:
                     second.execute(text("SET lock_timeout = '200ms'"))
                     with pytest.raises(OperationalError, match="lock"):
-                        relay._line_and_conversation(second, LINE, CONTACT)
+                        relay.lock_conversation(second, LINE, CONTACT, utcnow())
                     second.rollback()
                     second.execute(text("SET lock_timeout = '200ms'"))
-                    other = relay._line_and_conversation(second, LINE, OTHER).conv
+                    other = relay.lock_conversation(second, LINE, OTHER, utcnow())
                     assert other.contact == OTHER
                     second.rollback()
                 else:
@@ -150,33 +149,10 @@ def test_the_first_read_locks_the_senders_conversation_and_no_other(app, twilio,
                         driver.execute("BEGIN IMMEDIATE")
 
 
-def test_an_employee_texts_first_read_locks_no_conversation(app, twilio, employee):
-    """Employee texts lock the employee first and then what they are about, as they
-    always have: the first read must not take the line's own (control) conversation,
-    or an employee text that found none yet and one that found it would lock the two
-    in opposite orders (Postgres)."""
-    from sqlalchemy import text
-
-    from bot import relay
-
-    twilio.sms(CELL, "#help")  # the line's own conversation now exists
-    with app.app_context():
-        engine = db.engine
-        with engine.begin() as first:
-            employee_row, _, conv, _ = relay._line_and_conversation(first, LINE, CELL)
-            assert employee_row.cell == CELL and conv is None
-            if engine.dialect.name == "postgresql":
-                with engine.connect() as second:
-                    second.execute(text("SET lock_timeout = '200ms'"))
-                    control = relay._lock(second, LINE, CELL, utcnow())  # not blocked
-                    assert control.contact == CELL
-                    second.rollback()
-
-
-def test_a_read_that_waited_for_the_lock_sees_the_other_texts_writes(app, twilio, employee):
-    """The conversation the first read returns after waiting is the one the webhook
-    before it left: its chain head, not the one before (Postgres re-reads a row it
-    had to wait for; SQLite's writers queue before they read)."""
+def test_a_lock_that_waited_sees_the_other_texts_writes(app, twilio, employee):
+    """The conversation a webhook locks after waiting is the one the webhook before it
+    left: its chain head, not the one before (Postgres re-reads a row it had to wait
+    for; SQLite's writers queue before they read)."""
     from bot import relay
 
     twilio.sms(CONTACT, "Hi")
@@ -184,19 +160,19 @@ def test_a_read_that_waited_for_the_lock_sees_the_other_texts_writes(app, twilio
         engine = db.engine
         result = {}
         with engine.begin() as first:
-            held = relay._line_and_conversation(first, LINE, CONTACT).conv
+            held = relay.lock_conversation(first, LINE, CONTACT, utcnow())
 
             def wait_for_it():
                 with app.app_context(), engine.begin() as second:
-                    result["conv"] = relay._line_and_conversation(second, LINE, CONTACT).conv
+                    result["conv"] = relay.lock_conversation(second, LINE, CONTACT, utcnow())
 
             waiter = threading.Thread(target=wait_for_it)
             waiter.start()
             waiter.join(0.3)
-            assert waiter.is_alive()  # waiting for the first transaction's lock (or queue)
+            assert waiter.is_alive()  # waiting for the first transaction's lock
             first.execute(
-                relay._CONVERSATIONS.update()
-                .where(relay._CONVERSATIONS.c.id == held.id)
+                relay.conversations.update()
+                .where(relay.conversations.c.id == held.id)
                 .values(chain_head="f" * 64, chain_length=held.chain_length + 1)
             )
         waiter.join(10)

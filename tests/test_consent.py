@@ -11,18 +11,25 @@ from bot.consent import (
     RELAY,
     RELEASE,
     Channel,
+    ConsentEvent,
     Conversation,
     Decision,
     Disposition,
+    EmployeeText,
     Event,
     Mode,
     Policy,
+    Reply,
     Role,
+    Route,
     State,
     Text,
+    answer_employee,
     decide,
+    delivery_failed,
     flows,
     opt_out_elsewhere,
+    route_employee_text,
 )
 from bot.keywords import Classification, Kind, classify
 
@@ -78,6 +85,24 @@ def confirmed(variant: Role) -> tuple[Text, Text]:
 OPTED_OUT_WROTE = to_employee("opted_out.contact_wrote.to_employee")
 
 
+# The consent events, each with the text (SPEC §3) it showed the contact.
+def requested(variant: Role) -> ConsentEvent:
+    return ConsentEvent(Event.REQUEST_SENT, f"consent.{variant}_initiated.to_contact")
+
+
+def opted_in(variant: Role) -> ConsentEvent:
+    return ConsentEvent(Event.OPTED_IN, f"consent.{variant}_initiated.opted_in.to_contact")
+
+
+def disclaimed(variant: Role) -> ConsentEvent:
+    return ConsentEvent(Event.DISCLAIMER_SENT, f"disclaimer.{variant}_initiated.to_contact")
+
+
+OPTED_OUT_CONFIRMED = ConsentEvent(Event.OPTED_OUT, "opt_out.to_contact")
+OPTED_OUT_QUIETLY = ConsentEvent(Event.OPTED_OUT)  # Twilio confirms, or nobody texted
+RE_ENGAGED = ConsentEvent(Event.RE_ENGAGED)
+
+
 def row(
     case_id: str,
     before: Conversation,
@@ -106,7 +131,7 @@ def opted_in_again(case_id: str, policy: Policy, body: str, **kwargs):
         Conversation(State.OPTED_IN, C, EARLIER),
         ANSWERED,
         (*confirmed(C), RELEASE),
-        events=(Event.OPTED_IN,),
+        events=(opted_in(C),),
         **kwargs,
     )
 
@@ -145,7 +170,7 @@ CONTACT_ROWS = [
         ANSWERED,
         (to_employee("opt_out.to_employee"),),
         discard=True,
-        events=(Event.OPTED_OUT,),
+        events=(OPTED_OUT_QUIETLY,),
     ),
     row(
         "§5 any/not opted_out opt-out, filtering off -> both sides told, held discarded",
@@ -156,7 +181,7 @@ CONTACT_ROWS = [
         ANSWERED,
         (to_contact("opt_out.to_contact"), to_employee("opt_out.to_employee")),
         discard=True,
-        events=(Event.OPTED_OUT,),
+        events=(OPTED_OUT_CONFIRMED,),
     ),
     row(
         "§5 any/not opted_out opt-out on WhatsApp -> both sides told, held discarded",
@@ -167,7 +192,7 @@ CONTACT_ROWS = [
         ANSWERED,
         (to_contact("opt_out.to_contact"), to_employee("opt_out.to_employee")),
         discard=True,
-        events=(Event.OPTED_OUT,),
+        events=(OPTED_OUT_CONFIRMED,),
     ),
     # SPEC: "nothing sent (one confirmation only); logged" — no discard is listed for this
     # row (the row above lists it), and the held texts were promised to the employee
@@ -196,7 +221,7 @@ CONTACT_ROWS = [
         pending(C, NOW),
         HELD,
         request(C),
-        events=(Event.REQUEST_SENT,),
+        events=(requested(C),),
     ),
     row(
         "§5 consent disclosed other text -> pending",
@@ -206,7 +231,7 @@ CONTACT_ROWS = [
         pending(C, NOW),
         HELD,
         request(C),
-        events=(Event.REQUEST_SENT,),
+        events=(requested(C),),
     ),
     row(
         "§5 consent new opt-in keyword -> opted_in, contact-initiated confirmations",
@@ -216,7 +241,7 @@ CONTACT_ROWS = [
         Conversation(State.OPTED_IN, C),
         ANSWERED,
         (*confirmed(C), RELEASE),
-        events=(Event.OPTED_IN,),
+        events=(opted_in(C),),
     ),
     row(
         "§5 consent disclosed opt-in keyword -> opted_in, contact-initiated confirmations",
@@ -226,7 +251,7 @@ CONTACT_ROWS = [
         Conversation(State.OPTED_IN, C),
         ANSWERED,
         (*confirmed(C), RELEASE),
-        events=(Event.OPTED_IN,),
+        events=(opted_in(C),),
     ),
     row(
         "§5 consent pending (contact-initiated) opt-in keyword -> opted_in, released",
@@ -236,7 +261,7 @@ CONTACT_ROWS = [
         Conversation(State.OPTED_IN, C, EARLIER),
         ANSWERED,
         (*confirmed(C), RELEASE),
-        events=(Event.OPTED_IN,),
+        events=(opted_in(C),),
     ),
     row(
         "§5 consent pending (employee-initiated) opt-in keyword -> employee variant, released",
@@ -246,7 +271,7 @@ CONTACT_ROWS = [
         Conversation(State.OPTED_IN, E, EARLIER),
         ANSWERED,
         (*confirmed(E), RELEASE),
-        events=(Event.OPTED_IN,),
+        events=(opted_in(E),),
     ),
     row(
         "§5 consent pending other text within 24h -> held, nothing sent",
@@ -264,7 +289,7 @@ CONTACT_ROWS = [
         pending(C, NOW),
         HELD,
         (to_contact("consent.contact_initiated.to_contact"),),
-        events=(Event.REQUEST_SENT,),
+        events=(requested(C),),
     ),
     row(
         "§5 consent pending (employee-initiated) other text after 24h -> employee variant again",
@@ -274,7 +299,7 @@ CONTACT_ROWS = [
         pending(E, NOW),
         HELD,
         (to_contact("consent.employee_initiated.to_contact"),),
-        events=(Event.REQUEST_SENT,),
+        events=(requested(E),),
     ),
     # -- §5, while messages flow ----------------------------------------------------------
     row(
@@ -303,7 +328,7 @@ CONTACT_ROWS = [
         DISCLOSED,
         RELAYED,
         (to_contact("disclaimer.contact_initiated.to_contact"), RELAY),
-        events=(Event.DISCLAIMER_SENT,),
+        events=(disclaimed(C),),
     ),
     row(
         "§5 disclaimer new opt-in keyword -> disclosed, disclaimer, relayed",
@@ -313,7 +338,7 @@ CONTACT_ROWS = [
         DISCLOSED,
         RELAYED,
         (to_contact("disclaimer.contact_initiated.to_contact"), RELAY),
-        events=(Event.DISCLAIMER_SENT,),
+        events=(disclaimed(C),),
     ),
     row(
         "§5 disclaimer disclosed other text -> relayed",
@@ -408,7 +433,7 @@ CONTACT_ROWS = [
         pending(C, NOW),
         HELD,
         request(C),
-        events=(Event.RE_ENGAGED, Event.REQUEST_SENT),
+        events=(RE_ENGAGED, requested(C)),
     ),
     row(
         "§5 opted_out consent other text, WhatsApp -> pending as from new",
@@ -418,7 +443,7 @@ CONTACT_ROWS = [
         pending(C, NOW),
         HELD,
         request(C),
-        events=(Event.RE_ENGAGED, Event.REQUEST_SENT),
+        events=(RE_ENGAGED, requested(C)),
     ),
     still_opted_out(
         "§5 opted_out consent other text, filtered -> held, employee told", CONSENT, "Hi"
@@ -436,7 +461,7 @@ CONTACT_ROWS = [
             RELAY,
             to_employee("consent.contact_initiated.opted_in.to_employee"),
         ),
-        events=(Event.RE_ENGAGED, Event.DISCLAIMER_SENT),
+        events=(RE_ENGAGED, disclaimed(C)),
     ),
     still_opted_out("§5 opted_out disclaimer other text, filtered -> as consent", DISCLAIMER, "Hi"),
     row(
@@ -447,7 +472,7 @@ CONTACT_ROWS = [
         Conversation(State.DISCLOSED, C, EARLIER),
         RELAYED,
         (RELEASE, RELAY, to_employee("consent.contact_initiated.opted_in.to_employee")),
-        events=(Event.RE_ENGAGED,),
+        events=(RE_ENGAGED,),
     ),
     still_opted_out("§5 opted_out off other text, filtered -> as consent", OFF, "Hi"),
     opted_in_again(
@@ -496,7 +521,7 @@ EMPLOYEE_ROWS = [
         pending(E, NOW),
         HELD,
         request(E),
-        events=(Event.REQUEST_SENT,),
+        events=(requested(E),),
     ),
     employee_row(
         "§6 consent disclosed -> pending, employee-initiated request",
@@ -505,7 +530,7 @@ EMPLOYEE_ROWS = [
         pending(E, NOW),
         HELD,
         request(E),
-        events=(Event.REQUEST_SENT,),
+        events=(requested(E),),
     ),
     employee_row(
         "§6 consent pending (contact-initiated) -> held, pending.to_employee",
@@ -551,7 +576,7 @@ EMPLOYEE_ROWS = [
         Conversation(State.DISCLOSED, E),
         RELAYED,
         (to_contact("disclaimer.employee_initiated.to_contact"), RELAY),
-        events=(Event.DISCLAIMER_SENT,),
+        events=(disclaimed(E),),
     ),
     employee_row(
         "§6 disclaimer disclosed -> delivered", DISCLOSED, DISCLAIMER, DISCLOSED, RELAYED, (RELAY,)
@@ -625,15 +650,17 @@ def test_opt_out_keyword_from_any_other_state(state, mode, channel, stop_filteri
     policy = Policy(mode, channel, stop_filtering)
     conv = conversation_in(state)
     steps = (to_employee("opt_out.to_employee"),)
+    opted_out = OPTED_OUT_QUIETLY
     if not (channel is Channel.SMS and stop_filtering):
         steps = (to_contact("opt_out.to_contact"), *steps)
+        opted_out = OPTED_OUT_CONFIRMED
     assert decide(conv, policy, C, classify("stop"), NOW) == Decision(
         conv,
         Conversation(State.OPTED_OUT, conv.initiator, conv.last_request_at),
         ANSWERED,
         steps,
         discard_held=True,
-        events=(Event.OPTED_OUT,),
+        events=(opted_out,),
     )
 
 
@@ -656,7 +683,7 @@ def test_pending_request_is_repeated_only_after_24_hours(initiator, elapsed, res
     if resend:
         assert decision.steps == (to_contact(f"consent.{initiator}_initiated.to_contact"),)
         assert decision.after == pending(initiator, NOW)
-        assert decision.events == (Event.REQUEST_SENT,)
+        assert decision.events == (requested(initiator),)
     else:
         assert decision.steps == ()
         assert decision.after == before
@@ -678,10 +705,10 @@ def test_whatsapp_always_asks_for_consent(mode):
     assert policy.effective_mode is Mode.CONSENT
     assert policy.filtered is False
     assert decide(NEW, policy, C, classify("Hello"), NOW) == Decision(
-        NEW, pending(C, NOW), HELD, request(C), events=(Event.REQUEST_SENT,)
+        NEW, pending(C, NOW), HELD, request(C), events=(requested(C),)
     )
     assert decide(NEW, policy, E, classify("Hello"), NOW) == Decision(
-        NEW, pending(E, NOW), HELD, request(E), events=(Event.REQUEST_SENT,)
+        NEW, pending(E, NOW), HELD, request(E), events=(requested(E),)
     )
     # A disclosed WhatsApp conversation is treated as new, and "Yes" is a consent answer.
     assert decide(DISCLOSED, policy, C, classify("Yes"), NOW).after.state is State.OPTED_IN
@@ -798,7 +825,7 @@ def test_yes_is_relayed_where_messages_flow(policy, before, body):
     decision = decide(before, policy, C, classify(body), NOW)
     assert decision.disposition is RELAYED
     assert RELAY in decision.steps
-    assert Event.OPTED_IN not in decision.events
+    assert Event.OPTED_IN not in [e.event for e in decision.events]
     assert decision.texts_to(E) == ()
     assert decision.after.state in (State.DISCLOSED, State.OPTED_IN)
     assert flows(decision.after.state, policy.effective_mode)
@@ -822,7 +849,7 @@ def test_opt_out_elsewhere_records_an_opt_out(state):
         ANSWERED,
         (),
         discard_held=True,
-        events=(Event.OPTED_OUT,),
+        events=(OPTED_OUT_QUIETLY,),
     )
 
 
@@ -981,7 +1008,7 @@ def check_decision(before, policy, decision) -> None:
     if before.state is not State.OPTED_OUT and decision.after.state is State.OPTED_OUT:
         # An opt-out discards whatever was held (SPEC §5).
         assert decision.discard_held
-        assert decision.events == (Event.OPTED_OUT,)
+        assert [e.event for e in decision.events] == [Event.OPTED_OUT]
 
 
 def hi(sender: Role = C, mode: Mode = Mode.CONSENT, *, stop_filtering: bool = True) -> Inbound:
@@ -1086,6 +1113,96 @@ def test_unrouted_stop_still_opts_out(state):
     before = Conversation(state, C, EARLIER)
     decision = unrouted(before, classify("STOP"))
     assert decision.after.state is State.OPTED_OUT
-    assert decision.steps == () and decision.discard_held and decision.events == (Event.OPTED_OUT,)
-    assert unrouted(before, classify("hello")) == Decision(before, before, ANSWERED)
+    assert decision.steps == () and decision.discard_held
+    assert decision.events == (OPTED_OUT_QUIETLY,) and decision.disposition is Disposition.UNROUTED
+    assert unrouted(before, classify("hello")) == Decision(before, before, Disposition.UNROUTED)
     assert unrouted(before, classify("START")).after == before
+
+
+# -- a failed send (SPEC §7: error 21610 is an opt-out) -------------------------------------
+
+
+@pytest.mark.parametrize("state", [s for s in STATES if s is not State.OPTED_OUT])
+def test_21610_on_a_text_to_the_contact_is_an_opt_out(state):
+    before = conversation_in(state)
+    assert delivery_failed(before, "21610", to_contact=True) == opt_out_elsewhere(before)
+    assert delivery_failed(before, "21610", to_contact=True).after.state is State.OPTED_OUT
+
+
+@pytest.mark.parametrize(
+    ("code", "to_contact"), [("21610", False), ("30003", True), ("30007", True), (None, True)]
+)
+def test_other_failures_change_nothing_about_consent(code, to_contact):
+    assert delivery_failed(OPTED_IN, code, to_contact) == Decision(OPTED_IN, OPTED_IN, ANSWERED)
+
+
+# -- where an employee's text goes (SPEC §6) --------------------------------------------------
+
+OWN = ("+14155550100", "+14155550111")  # the line and the employee's cell
+NAMED = "+14155550123"
+
+
+def employee_text(body, named=None, rest="", invalid=None, media=False) -> EmployeeText:
+    number = named.removeprefix("whatsapp:") if named else None
+    return EmployeeText(body, media, named, number, rest, invalid)
+
+
+@pytest.mark.parametrize(
+    ("text", "current", "route"),
+    [
+        pytest.param(
+            employee_text(f"{NAMED} Hi", NAMED, "Hi"), None, Route(NAMED, body="Hi"), id="named"
+        ),
+        pytest.param(
+            employee_text(f"whatsapp:{NAMED} Hola", f"whatsapp:{NAMED}", "Hola"),
+            NAMED,
+            Route(f"whatsapp:{NAMED}", body="Hola"),
+            id="named on whatsapp, over the current contact",
+        ),
+        pytest.param(employee_text("See you"), NAMED, Route(NAMED), id="to the current contact"),
+        pytest.param(
+            employee_text("See you"), None, Route(reply=Reply.USAGE), id="no current contact"
+        ),
+        pytest.param(
+            employee_text(NAMED, NAMED), OWN[1], Route(NAMED, reply=Reply.SWITCHED), id="bare"
+        ),
+        pytest.param(
+            employee_text(NAMED, NAMED, media=True),
+            None,
+            Route(NAMED, body=""),
+            id="a number and a picture is a text",
+        ),
+        pytest.param(employee_text(" #HELP "), NAMED, Route(reply=Reply.USAGE), id="#help"),
+        pytest.param(employee_text("  "), NAMED, Route(reply=Reply.EMPTY), id="empty"),
+        pytest.param(
+            employee_text("+1555 hi", invalid="'+1555' is not a valid phone number."),
+            NAMED,
+            Route(reply=Reply.BAD_NUMBER, detail="'+1555' is not a valid phone number."),
+            id="invalid number",
+        ),
+        pytest.param(
+            employee_text(f"{OWN[0]} hi", OWN[0], "hi"),
+            NAMED,
+            Route(reply=Reply.NOT_A_CONTACT),
+            id="the line itself",
+        ),
+        pytest.param(
+            employee_text(f"whatsapp:{OWN[1]} hi", f"whatsapp:{OWN[1]}", "hi"),
+            NAMED,
+            Route(reply=Reply.NOT_A_CONTACT),
+            id="the employee's own cell",
+        ),
+    ],
+)
+def test_route_employee_text(text, current, route):
+    assert route_employee_text(text, OWN, current) == route
+
+
+@pytest.mark.parametrize("reply", list(Reply))
+def test_a_reply_goes_to_the_employee_and_changes_nothing(reply):
+    assert answer_employee(PENDING_C, reply) == Decision(
+        PENDING_C, PENDING_C, ANSWERED, (to_employee(f"reply.{reply}"),)
+    )
+
+
+PENDING_C = pending(C)

@@ -126,16 +126,21 @@ def test_national_format_address_and_current_contact(app, twilio, employee, runn
 
 
 def test_employee_commands(app, twilio, employee):
-    assert bodies(twilio.sms(CELL, "Hello?")) == [texts.USAGE]  # no current contact yet
-    assert bodies(twilio.sms(CELL, "#help")) == [texts.USAGE]
+    assert bodies(twilio.sms(CELL, "Hello?")) == [
+        texts.REPLIES["reply.usage"]
+    ]  # no current contact yet
+    assert bodies(twilio.sms(CELL, "#help")) == [texts.REPLIES["reply.usage"]]
     sent = twilio.sms(CELL, "whatsapp:+14155550124")
     assert [(s.to, s.body) for s in sent] == [
-        (None, texts.render(texts.SWITCHED, {"contact": "whatsapp:+1 415-555-0124"}))
+        (
+            None,
+            texts.render(texts.REPLIES["reply.switched"], {"number": "whatsapp:+1 415-555-0124"}),
+        )
     ]
     [reply] = twilio.sms(CELL, "+1555 call me")
     assert reply.to is None and "not a valid phone number" in reply.body
     [reply] = twilio.sms(CELL, f"{LINE} hi")
-    assert reply.body == texts.NOT_A_CONTACT
+    assert reply.body == texts.REPLIES["reply.not_a_contact"]
     # The switch made the WhatsApp contact current: the next text asks them for consent.
     sent = twilio.sms(CELL, "Hi there")
     assert [(s.to, s.from_) for s in sent] == [
@@ -372,33 +377,6 @@ def test_repeated_message_sid_changes_nothing_and_gets_the_same_twiml(app, clien
     assert conversation(app).chain_length == 4
 
 
-def test_a_repeat_read_before_the_first_was_kept_is_caught_by_the_unique_index(
-    app, client, employee, monkeypatch
-):
-    """The first read finds a kept MessageSid; a copy whose read ran before the first
-    copy was committed does not, and the unique index catches it when it writes."""
-    from bot import relay
-
-    twilio = Twilio(client)
-    params = {"MessageSid": "SM" + "8" * 32, "From": CONTACT, "To": LINE, "Body": "Hi"}
-    first = twilio.post("/twilio/sms", params)
-    reads = []
-    original = relay._line_and_conversation
-
-    def read_too_early(*args, **kwargs):
-        found = original(*args, **kwargs)
-        reads.append(found.answer)
-        return found._replace(answer=None)  # as if read before the first copy committed
-
-    monkeypatch.setattr(relay, "_line_and_conversation", read_too_early)
-    again = twilio.post("/twilio/sms", params)
-    assert reads == [first.data.decode()]  # the read did find it; it was hidden
-    assert again.status_code == 200 and again.data == first.data
-    with app.app_context():
-        assert db.session.execute(select(db.func.count(Message.id))).scalar() == 3
-    assert conversation(app).chain_length == 4
-
-
 def test_status_callbacks_move_forward_only(app, twilio, employee):
     [request, _notice] = twilio.sms(CONTACT, "Hi")
     assert twilio.status(request, "sent", sid="SMa").status_code == 200
@@ -453,7 +431,9 @@ def test_control_characters_never_break_the_twiml(app, twilio, employee):
 
 def test_an_empty_text_from_the_employee_is_not_sent(app, twilio, employee):
     twilio.sms(CONTACT, "YES")
-    assert [(s.to, s.body) for s in twilio.sms(CELL, "   ")] == [(None, texts.EMPTY)]
+    assert [(s.to, s.body) for s in twilio.sms(CELL, "   ")] == [
+        (None, texts.REPLIES["reply.empty"])
+    ]
 
 
 @pytest.mark.parametrize("env_overrides", [{"TWILIO_STOP_FILTERING": "false"}])

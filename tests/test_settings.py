@@ -15,9 +15,8 @@ def config_app():
         yield app
 
 
-def test_the_same_rows_give_the_same_settings_and_changed_rows_new_ones(config_app):
-    first = settings.from_saved({"company_name": "Beta"})
-    assert settings.from_saved({"company_name": "Beta"}) is first
+def test_saved_rows_win_over_the_defaults(config_app):
+    assert settings.from_saved({"company_name": "Beta"}).company_name == "Beta"
     changed = settings.from_saved({"company_name": "Gamma"})
     assert changed.company_name == "Gamma"
     text = settings.from_saved({"company_name": "Gamma", "text.help.to_contact": "Call us"})
@@ -37,10 +36,19 @@ def test_a_changed_default_is_seen_at_once(config_app):
     assert settings.from_saved({}).default_mode is Mode.OFF
 
 
-def test_the_rows_given_are_copied_and_the_texts_are_read_only(config_app):
-    saved = {"text.help.to_contact": "Call us"}
-    first = settings.from_saved(saved)
-    saved["text.help.to_contact"] = "Write to us"  # the caller's dict changes afterwards
-    assert settings.from_saved(saved).text("help.to_contact") == "Write to us"
+def test_the_texts_are_read_only(config_app):
+    first = settings.from_saved({"text.help.to_contact": "Call us"})
     with pytest.raises(TypeError):
         first.texts["help.to_contact"] = "changed"  # one Settings may serve many webhooks
+
+
+def test_the_replies_about_addressing_are_texts_too(config_app):
+    from bot import texts
+    from bot.consent import Reply
+
+    current = settings.from_saved({})
+    assert set(texts.REPLIES) == {f"reply.{reply}" for reply in Reply}
+    for key, words in texts.REPLIES.items():
+        assert current.text(key) == words
+    with pytest.raises(KeyError):
+        current.text("no.such.text")
