@@ -1,1 +1,1 @@
-"""Benchmarks for ConsentLine: webhook throughput against a bare endpoint, scale, query counts."""
+"""ConsentLine's benchmark: see bench/README.md."""

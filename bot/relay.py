@@ -11,16 +11,17 @@ import contextlib
 import json
 import logging
 import re
+from collections import namedtuple
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from bot import consent, evidence, keywords, phones, texts, twiml
+from bot import consent, evidence, keywords, phones, texts, twiml, writer_lock
 from bot import settings as org_settings
 from bot.consent import Channel, Disposition, Role
 from bot.extensions import db
@@ -32,6 +33,7 @@ from bot.models import (
     Employee,
     Message,
     RecordKind,
+    Setting,
     new_ref,
 )
 
@@ -47,6 +49,7 @@ conversations = Conversation.__table__
 messages = Message.__table__
 employees = Employee.__table__
 attestations = Attestation.__table__
+settings = Setting.__table__
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def parse_form(
 
 
 def handle_inbound(inbound: Inbound, now: datetime, status_url: str) -> str:
-    """Process one inbound text in one transaction; return (and keep) its TwiML.
+    """Process one inbound text (its signature verified) in one transaction; its TwiML.
 
     A repeated MessageSid (Twilio retrying a text it thinks was lost) fails on
     the unique index of ``messages.twilio_sid`` when its turn is written: the
@@ -139,14 +142,13 @@ def handle_inbound(inbound: Inbound, now: datetime, status_url: str) -> str:
     """
     try:
         with transaction() as conn:
-            line = read_line(conn, phones.bare(inbound.to))
-            turn = lock(conn, line, inbound, now)
-            decision = decide(turn)
-            turn.carry_out(decision, mode=turn.mode, method=turn.method)
+            turn = lock(conn, inbound, now)  # the line read, the conversation locked
+            decision = decide(turn)  # bot.consent
+            turn.carry_out(decision)  # persist: the texts, state and evidence it makes
             # Rendered before the commit: the answer is kept with the inbound text,
-            # and a repeated MessageSid gets that answer back, decided once.
+            # so a repeated MessageSid gets it back without being decided again.
             answer = twiml.render(turn.outgoing, inbound.sender, inbound.channel, status_url)
-            turn.save(answer)
+            turn.save(answer)  # one INSERT per table, one UPDATE of the conversation
         return answer
     except IntegrityError:
         with transaction() as conn:
@@ -164,15 +166,22 @@ _KEPT_ANSWER = select(messages.c.answer).where(
 
 @contextlib.contextmanager
 def transaction() -> Iterator[Connection]:
-    """The session's transaction, committed when the block ends, rolled back on an error.
+    """A transaction of its own, committed when the block ends, rolled back on an error.
 
-    A caller that has one open already (the portal, ``twilio reconcile``) shares it.
+    A caller whose session has one open already (``twilio reconcile`` reading and
+    then handing texts over) shares it: on SQLite a second one would wait for it.
     """
+    session = db.session
+    if not session().in_transaction():
+        busy = current_app.config["DATABASE_BUSY_TIMEOUT"]
+        with writer_lock.held(db.engine, busy), db.engine.begin() as conn:
+            yield conn
+        return
     try:
-        yield db.session.connection()
-        db.session.commit()
+        yield session.connection()
+        session.commit()
     except BaseException:
-        db.session.rollback()
+        session.rollback()
         raise
 
 
@@ -184,8 +193,8 @@ class Line:
     """A number texts arrive at: its active employee (None: no active line), the settings."""
 
     number: str
-    employee: object | None  # a row of ``_EMPLOYEE``
-    settings: org_settings.Settings
+    employee: "LineEmployee | None"
+    settings: org_settings.Settings | None
 
     def policy(self, contact: str) -> consent.Policy:
         own = self.employee.mode if self.employee is not None else None
@@ -196,15 +205,35 @@ class Line:
         )
 
 
-_EMPLOYEE = select(
-    employees.c.id, employees.c.name, employees.c.cell, employees.c.line, employees.c.mode
-).where(employees.c.line == bindparam("line"), employees.c.active.is_(True))
+LineEmployee = namedtuple("LineEmployee", "id name cell line mode")
+_EMPLOYEE_COLUMNS = (
+    employees.c.id,
+    employees.c.name,
+    employees.c.cell,
+    employees.c.line,
+    employees.c.mode,
+)
+# The line's active employee, once for each saved setting (once, with NULLs, if none is
+# saved): who owns the line and the settings in force, in one statement.
+_LINE = (
+    select(*_EMPLOYEE_COLUMNS, settings.c.key, settings.c.value)
+    .outerjoin(settings, true())
+    .where(employees.c.line == bindparam("line"), employees.c.active.is_(True))
+)
 
 
 def read_line(conn: Connection, number: str) -> Line:
-    """The line's active employee and the settings in force, as of this transaction."""
-    employee = conn.execute(_EMPLOYEE, {"line": number}).first()
-    return Line(number, employee, org_settings.read(conn))
+    """The line's active employee and the settings in force, as of this transaction.
+
+    A number that is no active line has no employee, and needs no settings: nothing
+    is sent from it.
+    """
+    rows = conn.execute(_LINE, {"line": number}).all()
+    if not rows:
+        return Line(number, None, None)
+    saved = {row.key: row.value for row in rows if row.key is not None}
+    employee = LineEmployee(*rows[0][: len(_EMPLOYEE_COLUMNS)])
+    return Line(number, employee, org_settings.from_saved(saved))
 
 
 # -- locking the conversation ---------------------------------------------------------
@@ -284,8 +313,8 @@ _CURRENT_CONTACT = (
 )
 
 
-def lock(conn: Connection, line: Line, inbound: Inbound, now: datetime) -> "Turn":
-    """The turn of the text: the conversation it belongs to, locked, and who wrote it.
+def lock(conn: Connection, inbound: Inbound, now: datetime) -> "Turn":
+    """The turn of the text: its line, the conversation it belongs to (locked), its author.
 
     A contact's text belongs to (line, contact). An employee's text goes where
     ``consent.route_employee_text`` sends it; their texts take the employee's
@@ -293,6 +322,7 @@ def lock(conn: Connection, line: Line, inbound: Inbound, now: datetime) -> "Turn
     current contact is cannot change under one of them. A reply about
     addressing is kept on the line's conversation with the employee's own cell.
     """
+    line = read_line(conn, phones.bare(inbound.to))
     employee = line.employee
     if employee is None or phones.bare(inbound.sender) != employee.cell:
         conv = lock_conversation(conn, line.number, inbound.sender, now)
@@ -302,11 +332,14 @@ def lock(conn: Connection, line: Line, inbound: Inbound, now: datetime) -> "Turn
             return Turn(conn, now, line, conv, inbound, Role.CONTACT, classified, method=method)
         conv.addressed_at = now
         return Turn(conn, now, line, conv, inbound, Role.CONTACT, classified)
-    conn.execute(_LOCK_EMPLOYEE, {"id": employee.id})
-    current = conn.execute(_CURRENT_CONTACT, {"line": employee.line, "cell": employee.cell})
-    route = consent.route_employee_text(
-        employee_text(inbound), (employee.line, employee.cell), current.scalar()
-    )
+    if conn.dialect.name == "postgresql":  # SQLite's write lock is held already
+        conn.execute(_LOCK_EMPLOYEE, {"id": employee.id})
+    text = employee_text(inbound)
+    current = None
+    if text.named is None:  # the current contact matters only to a text that names none
+        where = {"line": employee.line, "cell": employee.cell}
+        current = conn.execute(_CURRENT_CONTACT, where).scalar()
+    route = consent.route_employee_text(text, (employee.line, employee.cell), current)
     conv = lock_conversation(conn, employee.line, route.contact or inbound.sender, now)
     if route.contact is not None:
         conv.addressed_at = now
@@ -376,16 +409,13 @@ class Turn:
             return None
         return self.line.policy(self.conv.contact).effective_mode
 
-    def values(self, body: str = "", error: str = "") -> dict[str, str]:
+    def values(self, body: str = "") -> dict[str, str]:
         """The placeholders' values of a text (SPEC §3)."""
-        employee = self.line.employee if self.line else None
         return {
-            "employee_name": employee.name if employee else "",
-            "company_name": self.line.settings.company_name if self.line else "",
+            "employee_name": self.line.employee.name,
+            "company_name": self.line.settings.company_name,
             "contact": self.conv.contact_name or self.conv.contact,
-            "number": phones.readable(self.conv.contact),
             "body": body,
-            "error": error,
         }
 
     def record(self, **fields) -> None:
@@ -438,8 +468,7 @@ class Turn:
     def carry_out(
         self,
         decision: consent.Decision,
-        mode: consent.Mode | None,
-        method: str,
+        method: str | None = None,
         cause: dict | None = None,
         admin: str | None = None,
         note: str | None = None,
@@ -460,13 +489,13 @@ class Turn:
             self.record(
                 kind=RecordKind.CONSENT,
                 event=event.event,
-                mode=mode,
+                mode=self.mode,
                 state=after.state,
                 shown_text=self.render(event.shown) if event.shown else None,
                 cause_sid=cause["twilio_sid"] if cause else None,
                 cause_body=cause["body"] if cause else None,
                 signature_valid=cause["signature_valid"] if cause else None,
-                method=method,
+                method=method or self.method,
                 admin=admin,
                 note=note,
             )
@@ -486,9 +515,11 @@ class Turn:
 
     def render(self, key: str) -> str:
         """The text ``key`` in the organisation's words, filled in (as it is sent)."""
-        error = self.route.detail if self.route else ""
-        template = self.line.settings.text(key)
-        return sendable(texts.render(template, self.values(error=error)))
+        template, values = self.line.settings.text(key), self.values()
+        if key in texts.REPLIES:  # the replies' own placeholders
+            values["number"] = phones.readable(self.conv.contact)
+            values["error"] = self.route.detail
+        return sendable(texts.render(template, values))
 
     def held(self) -> list[dict]:
         """The conversation's held texts, oldest first (this turn's own is not written yet)."""
@@ -565,29 +596,33 @@ class Turn:
         if self.message is not None:
             self.message["answer"] = answer
         if self.messages:
-            conn.execute(insert(messages).returning(messages.c.id), self.messages)
+            conn.execute(_INSERT_MESSAGES, self.messages)
         if self.entries:
-            conn.execute(insert(attestations).returning(attestations.c.id), self.entries)
+            conn.execute(_INSERT_ENTRIES, self.entries)
         conn.execute(
-            update(conversations)
-            .where(conversations.c.id == conv.id)
-            .values(
-                state=conv.state,
-                initiator=conv.initiator,
-                last_request_at=conv.last_request_at,
-                twilio_opt_out=conv.twilio_opt_out,
-                addressed_at=conv.addressed_at,
-                chain_head=conv.chain_head,
-                chain_length=conv.chain_length,
-                updated_at=now,
-            )
+            _SAVE_CONVERSATION,
+            {
+                "conv_id": conv.id,
+                "state": conv.state,
+                "initiator": conv.initiator,
+                "last_request_at": conv.last_request_at,
+                "twilio_opt_out": conv.twilio_opt_out,
+                "addressed_at": conv.addressed_at,
+                "chain_head": conv.chain_head,
+                "chain_length": conv.chain_length,
+                "updated_at": now,
+            },
         )
         for disposition, ids in self.disposed.items():
-            conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(ids))
-                .values(disposition=disposition, updated_at=now)
-            )
+            conn.execute(_DISPOSE, {"ids": ids, "disposition": disposition, "updated_at": now})
+
+
+# RETURNING makes SQLAlchemy send a turn's rows as one multi-row INSERT (insertmanyvalues).
+_INSERT_MESSAGES = insert(messages)
+_INSERT_ENTRIES = insert(attestations)
+# The columns to SET are those named in the parameters.
+_SAVE_CONVERSATION = update(conversations).where(conversations.c.id == bindparam("conv_id"))
+_DISPOSE = update(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
 
 
 _HELD = (
@@ -674,7 +709,7 @@ def _apply_status(conn, conv, message, sid, status, error, now, signature_valid)
         decision = consent.delivery_failed(conv.facts, error, message["recipient"] == conv.contact)
         if decision.events:
             turn.line = read_line(conn, phones.bare(conv.line))
-            turn.carry_out(decision, turn.mode, "twilio_error_21610", cause=message)
+            turn.carry_out(decision, "twilio_error_21610", cause=message)
     if turn.entries:
         turn.save()
 
@@ -697,7 +732,7 @@ def _opt_out_elsewhere(turn: Turn, method: str, **details) -> bool:
     if not decision.events:
         return False
     turn.line = read_line(turn.conn, phones.bare(turn.conv.line))
-    turn.carry_out(decision, turn.mode, method, **details)
+    turn.carry_out(decision, method, **details)
     return True
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from flask import current_app
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import delete, select
 
 from bot import texts
 from bot.consent import Mode
@@ -42,11 +42,6 @@ _SAVED = select(Setting.key, Setting.value)
 def current() -> Settings:
     """The settings in force now: saved values over the environment's defaults."""
     return from_saved(dict(db.session.execute(_SAVED).all()))
-
-
-def read(conn: Connection) -> Settings:
-    """The same, read in ``conn``'s transaction (a webhook's)."""
-    return from_saved(dict(conn.execute(_SAVED).all()))
 
 
 def from_saved(saved: dict[str, str]) -> Settings:

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from bot import relay, twiml
+from bot import relay, twiml, writer_lock
 from bot.extensions import db
 from bot.models import utcnow
 
@@ -110,6 +110,7 @@ def healthz():
 
 def register_errors(app) -> None:
     @app.errorhandler(SQLAlchemyError)
+    @app.errorhandler(writer_lock.Busy)
     def database_failed(exc):
         # Nothing was committed: Twilio sees a 5xx and retries or uses its fallback URL.
         log.error("database failure; the transaction was rolled back: %s", exc)

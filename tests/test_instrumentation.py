@@ -53,9 +53,15 @@ def test_an_engine_listener_sees_every_statement_of_a_webhook(app, twilio, emplo
     for table in ("messages", "attestations", "conversations", "employees", "settings"):
         assert table in tables
     if traced:
+        # SQLite traces each row of an executemany; the listener sees the statement once.
         run = [s for s in traced if s.split()[0] not in ("COMMIT", "ROLLBACK", "PRAGMA")]
-        assert len(run) == len(before)
-        assert [s.split()[0] for s in run] == [s.split()[0] for s in before]
+        assert _collapsed(run) == _collapsed(before)
+
+
+def _collapsed(statements: list[str]) -> list[str]:
+    """Each statement's start (``INSERT INTO messages``), a run of the same one once."""
+    starts = [" ".join(s.split()[:3]) for s in statements]
+    return [s for i, s in enumerate(starts) if i == 0 or starts[i - 1] != s]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
