@@ -14,6 +14,7 @@ without taking the write lock.
 """
 
 import os
+import sqlite3
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -39,6 +40,8 @@ def engine_options(uri: str, config, options: dict) -> dict:
 
 def configure_sqlite(engine: Engine, busy_seconds: int) -> None:
     """WAL, a busy timeout, foreign keys, ``synchronous=FULL``, and our own BEGIN."""
+    if sqlite3.sqlite_version_info < (3, 35):  # INSERT … RETURNING, which the relay uses
+        raise RuntimeError(f"SQLite 3.35 or newer is needed, not {sqlite3.sqlite_version}")
 
     @event.listens_for(engine, "connect")
     def connect(dbapi_connection, _record):

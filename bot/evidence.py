@@ -49,6 +49,7 @@ HASHED = (
     "note",
 )
 EXPORT_COLUMNS = ("line", "contact", *HASHED, "prev_hash", "hash")
+_HASHED = frozenset(HASHED)
 
 
 def canonical(value: Any) -> Any:
@@ -69,7 +70,7 @@ def _seal(prev_hash: str, payload: list[Any]) -> str:
 
 def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and ``[line, contact, *hashed fields]`` as JSON."""
-    return _seal(prev_hash, [line, contact, *(canonical(values.get(name)) for name in HASHED)])
+    return _seal(prev_hash, [line, contact, *map(canonical, map(values.get, HASHED))])
 
 
 def entry(chain: Any, **fields: Any) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def entry(chain: Any, **fields: Any) -> dict[str, Any]:
     transaction that saves the conversation's new head and length.
     """
     fields.setdefault("created_at", utcnow())
-    unknown = fields.keys() - set(HASHED)
+    unknown = fields.keys() - _HASHED
     if unknown:
         raise TypeError(f"not evidence fields: {sorted(unknown)}")
     values = dict.fromkeys(HASHED) | fields | {"seq": chain.chain_length + 1}

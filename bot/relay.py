@@ -8,6 +8,7 @@ decisions out. Status callbacks and the portal's opt-outs go the same way.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -70,7 +71,7 @@ class Inbound:
     def channel(self) -> Channel:
         return phones.channel_of(self.to)
 
-    @property
+    @functools.cached_property
     def media_json(self) -> str:
         return json.dumps([{"url": u, "content_type": t} for u, t in self.media])
 
@@ -271,8 +272,11 @@ _LOCK = (
     .with_for_update()
 )
 _LOCK_BY_ID = select(*_CONV_COLUMNS).where(conversations.c.id == bindparam("id")).with_for_update()
+# A new conversation, returned unless a concurrent webhook has just added it.
 _INSERT_IF_MISSING = {
-    name: dialect.insert(conversations).on_conflict_do_nothing(index_elements=["line", "contact"])
+    name: dialect.insert(conversations)
+    .on_conflict_do_nothing(index_elements=["line", "contact"])
+    .returning(*_CONV_COLUMNS)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
@@ -290,7 +294,8 @@ def lock_conversation(conn: Connection, line: str, contact: str, now: datetime) 
     if row is None:
         new = {"state": consent.State.NEW, "twilio_opt_out": False, "chain_head": GENESIS}
         new |= {"chain_length": 0, "created_at": now, "updated_at": now}
-        conn.execute(_INSERT_IF_MISSING[conn.dialect.name], key | new)
+        row = conn.execute(_INSERT_IF_MISSING[conn.dialect.name], key | new).first()
+    if row is None:  # added meanwhile: wait for its webhook's lock
         row = conn.execute(_LOCK, key).one()
     return Conv(*row)
 

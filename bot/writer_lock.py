@@ -11,6 +11,7 @@ docs/performance.md. Postgres locks rows and needs none of this.
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -35,8 +36,7 @@ def held(engine: Engine, timeout: float) -> Iterator[None]:
         yield
         return
     try:
-        # SQLite follows a symlink to the database: so does the lock, one per real file.
-        fd = os.open(os.path.realpath(path) + ".writer-lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = os.open(_lock_file(path), os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as exc:  # a folder we cannot write: SQLite's busy timeout alone
         log.warning("no writer lock (%s): SQLite's busy timeout applies", exc)
         yield
@@ -54,3 +54,9 @@ def held(engine: Engine, timeout: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # lets the lock go
+
+
+@functools.cache
+def _lock_file(path: str) -> str:
+    """SQLite follows a symlink to the database: so does the lock, one per real file."""
+    return os.path.realpath(path) + ".writer-lock"

@@ -461,34 +461,6 @@ def test_evidence_does_not_claim_a_signature_nobody_checked(app, client, employe
         assert list(flags) == [None]
 
 
-def test_a_new_conversation_without_insert_returning(app, twilio, employee):
-    """SQLite before 3.35 has no RETURNING: the conversation is inserted, then read."""
-    from sqlalchemy import event
-
-    seen = []
-
-    def spy(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
-
-    with app.app_context():
-        engine = db.engine
-    had = engine.dialect.insert_returning
-    engine.dialect.insert_returning = False
-    event.listen(engine, "before_cursor_execute", spy)
-    try:
-        [request, _notice] = twilio.sms(CONTACT, "Hi")
-        twilio.sms(CONTACT, "YES")
-    finally:
-        event.remove(engine, "before_cursor_execute", spy)
-        engine.dialect.insert_returning = had
-    creates = [s for s in seen if s.lstrip().upper().startswith("INSERT INTO CONVERSATIONS")]
-    assert len(creates) == 1 and "RETURNING" not in creates[0].upper()
-    assert request.body == texts.render(
-        texts.DEFAULTS["consent.contact_initiated.to_contact"], {"employee_name": "Alice"}
-    )
-    assert conversation(app).state == "opted_in"
-
-
 def test_recording_an_opt_out_again_changes_nothing(app, twilio, employee):
     from bot import relay
     from bot.models import utcnow
