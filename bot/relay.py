@@ -175,7 +175,8 @@ def transaction() -> Iterator[Connection]:
     session = db.session
     if not session().in_transaction():
         busy = current_app.config["DATABASE_BUSY_TIMEOUT"]
-        with writer_lock.held(db.engine, busy), db.engine.begin() as conn:
+        # The pool's connection first: SQLite's writer lock covers the transaction only.
+        with db.engine.connect() as conn, writer_lock.held(db.engine, busy), conn.begin():
             yield conn
         return
     try:
