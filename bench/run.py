@@ -95,7 +95,7 @@ def throughput(bases: dict[str, str], args) -> dict:
             print(f"round {r + 1} {name:>24}: {rate:>7}/s p99 {p99} ms", flush=True)
     return {
         name: {
-            "per_second": statistics.median(s["per_second"] for s in done),
+            "per_second": round(statistics.median(s["per_second"] for s in done), 1),
             "p50_ms": statistics.median(s["p50_ms"] for s in done),
             "p99_ms": statistics.median(s["p99_ms"] for s in done),
             "not_200": sum(s["not_200"] for s in done),
