@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import io
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from flask import (
@@ -17,7 +18,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, column, func, or_, select, table, tuple_
 from sqlalchemy.orm import contains_eager
 
 from bot import employees as staff
@@ -36,19 +37,30 @@ from bot.forms import (
     OrganisationForm,
     TextForm,
 )
-from bot.models import Attestation, Conversation, Direction, Employee, Message, RecordKind, utcnow
+from bot.models import (
+    FAILED,
+    Attestation,
+    Conversation,
+    Direction,
+    Employee,
+    Message,
+    RecordKind,
+    utcnow,
+)
 
 bp = Blueprint("admin", __name__)
 
 PAGE_SIZE = 50
-FAILED = ("failed", "undelivered")
 SAMPLE_CONTACT = "+14155550123"
 
 
 @bp.before_request
 @login_required
 def require_login():
-    """Every page of the portal is behind the sign-in."""
+    """Every page of the portal is behind the sign-in; a page only read is a reader's
+    (on SQLite it takes no write lock, however long it renders)."""
+    if request.method == "GET":
+        read_only()
 
 
 @bp.app_template_filter("phone")
@@ -61,18 +73,85 @@ def when_filter(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
 
 
+@dataclass
+class Page:
+    """One page of a list in keyset order (newest first): its rows, and where the
+    pages before and after it start (``None`` at either end)."""
+
+    items: list
+    newer: str | None = None
+    older: str | None = None
+
+
+def keyset_page(stmt, time_column, id_column, per_page: int = PAGE_SIZE) -> Page:
+    """The page of ``stmt`` that the request's ``before`` or ``after`` key names.
+
+    Rows are ordered by (time, id), newest first; a key is ``<time>~<id>`` of the
+    row a page ends at. Each page is an index range of its own: no OFFSET, so
+    the thousandth page costs what the first does.
+    """
+    order = (time_column.desc(), id_column.desc())
+    after = _key(request.args.get("after"))
+    before = _key(request.args.get("before"))
+    if after is not None:
+        stmt = stmt.where(tuple_(time_column, id_column) > after)
+        order = (time_column.asc(), id_column.asc())
+    elif before is not None:
+        stmt = stmt.where(tuple_(time_column, id_column) < before)
+    rows = list(db.session.execute(stmt.order_by(*order).limit(per_page + 1)).scalars())
+    more = len(rows) > per_page
+    rows = rows[:per_page]
+    if after is not None:
+        rows.reverse()
+    page = Page(rows)
+    if rows and (more or after is not None):
+        page.older = _key_of(rows[-1], time_column, id_column)
+    if rows and (more if after is not None else before is not None):
+        page.newer = _key_of(rows[0], time_column, id_column)
+    return page
+
+
+def _key(raw: str | None) -> tuple[datetime, int] | None:
+    try:
+        moment, _, row = (raw or "").partition("~")
+        return datetime.fromisoformat(moment).astimezone(UTC), int(row)
+    except ValueError:
+        return None
+
+
+def _key_of(row, time_column, id_column) -> str:
+    return f"{getattr(row, time_column.key).isoformat()}~{getattr(row, id_column.key)}"
+
+
 @bp.app_template_global()
-def page_url(number: int) -> str:
-    """This page's URL with its filters, at another page number."""
-    args = request.args.to_dict() | {"page": number}
+def page_url(**keys) -> str:
+    """This page's URL with its filters, at another page (``before=…`` or ``after=…``)."""
+    args = {k: v for k, v in request.args.items() if k not in ("before", "after")} | keys
     return url_for(request.endpoint, **(request.view_args or {}), **args)
 
 
+REVIEW_LIST = 20  # revocation hints listed at once; the rest wait for these
+TIMELINE = 200  # evidence entries of a conversation shown at once, in chain order
+
+
 def _pending_hints():
+    """Revocation hints not reviewed yet, newest first (a partial index holds them)."""
     return (
         select(Message, Conversation)
         .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.hint.is_(True), Message.review.is_(None))
+        .where(Message.hint, Message.review.is_(None))
+        .order_by(Message.id.desc())
+    )
+
+
+def _failed():
+    """Texts that did not arrive, newest first (a partial index holds them; the statuses
+    are written into the SQL so that both databases match it to that index)."""
+    failed = bindparam("failed", FAILED, expanding=True, literal_execute=True)
+    return (
+        select(Message, Conversation)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.status.in_(failed))
         .order_by(Message.id.desc())
     )
 
@@ -95,13 +174,7 @@ def dashboard():
         .limit(10)
     ).all()
     hints = db.session.execute(_pending_hints().limit(10)).all()
-    failures = db.session.execute(
-        select(Message, Conversation)
-        .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.status.in_(FAILED))
-        .order_by(Message.id.desc())
-        .limit(10)
-    ).all()
+    failures = db.session.execute(_failed().limit(10)).all()
     return render_template(
         "admin/dashboard.html",
         counts=[(state, counts.get(state, 0)) for state in State],
@@ -263,21 +336,41 @@ def text_reset(key: str):
 # -- contacts -------------------------------------------------------------------------
 
 
+# SQLite's trigram index of numbers and names (migration 0007; Postgres's is pg_trgm).
+_search = table("conversation_search", column("rowid"), column("contact"), column("contact_name"))
+
+
+def contact_search(query: str):
+    """The conversations whose number or name contains ``query``, as a WHERE clause.
+
+    A whole number (typed any way, ``(415) 555-0123``) is looked up in the index
+    of numbers; a part of one (three digits or more), or of a name, in the
+    trigram index of each database.
+    """
+    region = current_app.config["DEFAULT_REGION"]
+    with contextlib.suppress(phones.InvalidNumber):
+        number = phones.to_e164(query, region)
+        return Conversation.contact.in_([number, phones.WHATSAPP + number])
+    digits = "".join(c for c in query if c.isdigit())
+    number_like = digits and not any(c.isalpha() for c in query)
+    pattern = f"%{digits if number_like else query}%"
+    if db.engine.dialect.name == "sqlite" and len(pattern) >= 5:  # a trigram or more
+        found = _search.c.contact if number_like else _search.c.contact_name
+        return Conversation.id.in_(select(_search.c.rowid).where(found.like(pattern)))
+    if number_like:
+        return Conversation.contact.like(pattern)
+    return Conversation.contact_name.ilike(pattern)
+
+
 @bp.get("/contacts")
 def contacts():
     query = (request.args.get("q") or "").strip()
-    stmt = select(Conversation).order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+    stmt = select(Conversation)
     if query:
-        digits = "".join(c for c in query if c.isdigit())
-        conditions = [Conversation.contact_name.ilike(f"%{query}%")]
-        if digits:
-            conditions.append(Conversation.contact.like(f"%{digits}%"))
-        else:
-            conditions.append(Conversation.contact.ilike(f"%{query}%"))
-        stmt = stmt.where(or_(*conditions))
-    page = db.paginate(stmt, per_page=PAGE_SIZE, error_out=False)
+        stmt = stmt.where(contact_search(query))
+    page = keyset_page(stmt, Conversation.updated_at, Conversation.id)
     names = {e.line: e.name for e in staff.listing() if e.active}
-    hints = db.session.execute(_pending_hints()).all()
+    hints = db.session.execute(_pending_hints().limit(REVIEW_LIST)).all()
     return render_template(
         "admin/contacts.html", page=page, q=query, names=names, hints=hints, action=ActionForm()
     )
@@ -286,9 +379,16 @@ def contacts():
 @bp.get("/contacts/<int:conversation_id>")
 def conversation(conversation_id: int):
     conv = db.session.get(Conversation, conversation_id) or abort(404)
-    entries = db.session.execute(
-        select(Attestation).where(Attestation.conversation_id == conv.id).order_by(Attestation.seq)
-    ).scalars()
+    start = request.args.get("from", default=0, type=int)
+    entries = list(
+        db.session.execute(
+            select(Attestation)
+            .where(Attestation.conversation_id == conv.id, Attestation.seq > start)
+            .order_by(Attestation.seq)
+            .limit(TIMELINE + 1)
+        ).scalars()
+    )
+    later = entries[TIMELINE - 1].seq if len(entries) > TIMELINE else None
     hints = db.session.execute(
         select(Message).where(
             Message.conversation_id == conv.id, Message.hint.is_(True), Message.review.is_(None)
@@ -298,7 +398,9 @@ def conversation(conversation_id: int):
     return render_template(
         "admin/conversation.html",
         conv=conv,
-        entries=list(entries),
+        entries=entries[:TIMELINE],
+        start=start,
+        later=later,
         hints=list(hints),
         employee=staff.active_by_line(conv.line),
         name_form=name_form,
@@ -372,13 +474,7 @@ def _log_query():
         stmt = stmt.where(Conversation.line == line)
     if contact := (args.get("contact") or "").strip():
         filters["contact"] = contact
-        digits = "".join(c for c in contact if c.isdigit()) or contact
-        stmt = stmt.where(
-            or_(
-                Conversation.contact.like(f"%{digits}%"),
-                Conversation.contact_name.ilike(f"%{contact}%"),
-            )
-        )
+        stmt = stmt.where(contact_search(contact))
     if (direction := args.get("direction")) in ("inbound", "outbound"):
         filters["direction"] = direction
         stmt = stmt.where(Message.direction == Direction(direction))
@@ -399,13 +495,13 @@ def _log_query():
             stmt = stmt.where(Message.created_at >= day)
         else:
             stmt = stmt.where(Message.created_at < day + timedelta(days=1))
-    return stmt.order_by(Message.id.desc()), filters
+    return stmt, filters
 
 
 @bp.get("/log")
 def log():
     stmt, filters = _log_query()
-    page = db.paginate(stmt, per_page=PAGE_SIZE, error_out=False)
+    page = keyset_page(stmt, Message.created_at, Message.id)
     lines = [e.line for e in staff.listing()]
     return render_template(
         "admin/log.html", page=page, filters=filters, lines=lines, action=ActionForm()
@@ -432,6 +528,7 @@ LOG_COLUMNS = (
 @bp.get("/log.csv")
 def log_csv():
     stmt, _filters = _log_query()
+    stmt = stmt.order_by(Message.created_at.desc(), Message.id.desc())
     stmt = stmt.execution_options(yield_per=1000)
 
     def rows():

@@ -20,6 +20,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def outside_the_models(name, type_, parent_names) -> bool:
+    """Whether autogenerate compares this object: not the contact search's own
+    (Postgres's trigram indexes, SQLite's FTS5 tables), which migration 0007 keeps."""
+    return not name or not name.startswith(("ix_search_", "conversation_search"))
+
+
 db = SQLAlchemy(model_class=Base)
-migrate = Migrate(render_as_batch=True, compare_type=True)
+migrate = Migrate(render_as_batch=True, compare_type=True, include_name=outside_the_models)
 csrf = CSRFProtect()

@@ -77,6 +77,11 @@ def _enum(enum_cls: type[StrEnum], length: int = 20) -> Enum:
     )
 
 
+# Delivery statuses that mean a text did not arrive (the partial index's own words).
+FAILED = ("failed", "undelivered")
+FAILED_SQL = "status IN ('failed', 'undelivered')"
+
+
 class Direction(StrEnum):
     INBOUND = "inbound"
     OUTBOUND = "outbound"
@@ -135,6 +140,9 @@ class Conversation(Timestamps, db.Model):
     __table_args__ = (
         UniqueConstraint("line", "contact"),
         Index("ix_conversations_line_addressed_at", "line", "addressed_at"),
+        # The portal: contacts newest first (by key), a contact by its whole number.
+        Index("ix_conversations_updated_at_id", "updated_at", "id"),
+        Index("ix_conversations_contact", "contact"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -171,6 +179,21 @@ class Message(Timestamps, db.Model):
             unique=True,
             sqlite_where=text("twilio_sid IS NOT NULL"),
             postgresql_where=text("twilio_sid IS NOT NULL"),
+        ),
+        # The portal: the log newest first (by key, filtered by date), and the short
+        # lists of revocation hints to review and of failed texts.
+        Index("ix_messages_created_at_id", "created_at", "id"),
+        Index(
+            "ix_messages_pending_hints",
+            "id",
+            sqlite_where=text("hint = 1 AND review IS NULL"),
+            postgresql_where=text("hint AND review IS NULL"),
+        ),
+        Index(
+            "ix_messages_failed",
+            "id",
+            sqlite_where=text(FAILED_SQL),
+            postgresql_where=text(FAILED_SQL),
         ),
     )
 

@@ -1,16 +1,18 @@
 """The portal (SPEC §11): sign-in, sessions, CSRF, throttling, headers, and every view."""
 
+import html
 import re
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select, update
 
 from bot.extensions import db
 from bot.models import Admin, AdminSession, Attestation, Conversation, Employee, Message
-from support import CELL, CONTACT, LINE, Twilio, make_app
+from support import CELL, CONTACT, LINE, OTHER, Twilio, make_app
 
 EMAIL, PASSWORD = "office@example.com", "correct horse battery"
 
@@ -393,6 +395,49 @@ def test_contacts_search_name_and_timeline_escape_markup(app, portal, twilio):
     assert twilio.sms(CONTACT, "thanks")[0].body == "Maria <i>: thanks"
 
 
+@pytest.mark.parametrize(
+    "query, found",
+    [
+        ("(415) 555-0123", ["+14155550123", "whatsapp:+14155550123"]),  # a whole number
+        ("4155550123", ["+14155550123", "whatsapp:+14155550123"]),
+        ("5550124", ["+14155550124"]),  # a part of one
+        ("012", ["+14155550123", "+14155550124", "whatsapp:+14155550123"]),
+        ("okaf", ["+14155550124"]),  # a part of a name, any case
+        ("Maria Ok", ["+14155550124"]),
+        ("+1 212 555 0000", []),
+        ("zzz", []),
+    ],
+)
+def test_contacts_are_found_by_any_part_of_their_number_or_name(app, portal, twilio, query, found):
+    for contact in (CONTACT, OTHER, "whatsapp:" + CONTACT, "+14155550188"):
+        twilio.sms(contact, "Hi")
+    portal.post(
+        f"/contacts/{conversation_id(app, OTHER)}/name",
+        data={"csrf_token": token(portal, "/"), "name": "Maria Okafor"},
+    )
+    page = portal.get("/contacts", query_string={"q": query}).get_data(as_text=True)
+    with app.app_context():
+        ids = {c.id: c.contact for c in db.session.execute(select(Conversation)).scalars()}
+    shown = sorted(ids[int(i)] for i in re.findall(r'href="/contacts/(\d+)"', page))
+    assert shown == found
+
+
+def test_a_long_timeline_is_shown_in_parts(app, portal, twilio):
+    twilio.sms(CONTACT, "Hi")
+    twilio.sms(CONTACT, "YES")
+    for n in range(100):
+        twilio.sms(CONTACT, f"text {n}")  # each: the text and its relay
+    cid = conversation_id(app)
+    first = portal.get(f"/contacts/{cid}").get_data(as_text=True)
+    seqs = [int(n) for n in re.findall(r"#(\d+) ·", first)]
+    assert seqs == list(range(1, 201))
+    later = html.unescape(re.search(r'<a href="([^"]+)" rel="next">Later entries', first)[1])
+    rest = [int(n) for n in re.findall(r"#(\d+) ·", portal.get(later).get_data(as_text=True))]
+    with app.app_context():
+        length = db.session.get(Conversation, cid).chain_length
+    assert rest == list(range(201, length + 1))
+
+
 def test_record_an_opt_out_received_by_phone(app, portal, twilio):
     cid = conversation_id(app)
     data = {"csrf_token": token(portal, "/"), "method": "phone call", "note": "Called the office"}
@@ -486,12 +531,45 @@ def test_log_filters_export_and_verify(app, portal, twilio):
     assert b"broken chain" in broken.data and b"was altered" in broken.data
 
 
-def test_log_paginates(app, portal, twilio):
+def test_log_pages_by_key_newest_first_every_text_once(app, portal, twilio):
     for n in range(60):
-        twilio.sms(f"+141555502{n:02d}", "hello")
-    first = portal.get("/log").get_data(as_text=True)
-    assert "Page 1 of" in first and 'rel="next"' in first
-    assert "Page 2 of" in portal.get("/log?page=2").get_data(as_text=True)
+        twilio.sms(f"+141555502{n:02d}", "hello")  # 180 texts: 60 in, 120 out
+
+    def rows_and_links(path):
+        page = portal.get(path).get_data(as_text=True)
+        links = dict(
+            (rel, html.unescape(href))
+            for href, rel in re.findall(r'<a href="([^"]+)" rel="(prev|next)"', page)
+        )
+        return [int(i) for i in re.findall(r'<tr id="m(\d+)">', page)], links
+
+    pages, path = [], "/log"
+    while path:
+        rows, links = rows_and_links(path)
+        pages.append(rows)
+        path = links.get("next")
+    with app.app_context():
+        total = db.session.execute(select(db.func.count(Message.id))).scalar()
+    assert total >= 180 and [len(rows) for rows in pages[:-1]] == [50] * (len(pages) - 1)
+    everything = [i for rows in pages for i in rows]
+    assert everything == sorted(everything, reverse=True) and len(set(everything)) == total
+    assert "prev" not in rows_and_links("/log")[1]
+    back = []  # and back again from the last page, by the "Newer" links
+    path = rows_and_links(f"/log?before={_key_of_row(app, pages[-2][-1])}")[1].get("prev")
+    while path:
+        rows, links = rows_and_links(path)
+        back.insert(0, rows)
+        path = links.get("prev")
+    assert back == pages[:-1]
+    assert rows_and_links("/log?before=nonsense")[0] == pages[0]  # a bad key: the first page
+
+
+def _key_of_row(app, message_id: int) -> str:
+    from bot.models import Message
+
+    with app.app_context():
+        message = db.session.get(Message, message_id)
+        return quote(f"{message.created_at.isoformat()}~{message.id}")
 
 
 def test_simulator_runs_the_consent_flow(app, portal):

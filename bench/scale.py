@@ -1,0 +1,576 @@
+"""Scale: a million conversations and ten million evidence records, on both databases.
+
+    python -m bench.scale                        # 1M / 10M on both databases (~20 min)
+    python -m bench.scale --backend postgres     # one database
+    python -m bench.scale --part portal          # parts: latency, verify, export, portal
+    python -m bench.scale --conversations 100000 # smaller (ten records a conversation)
+    python -m bench.scale --smoke                # 2,000 conversations, every part
+
+Per database: a *large* and a *small* (1,000 conversations) one, each migrated
+and given its employees through the CLI, then seeded in bulk: each conversation
+is a contact's first text held, the consent request and the employee's notice,
+YES, both confirmations, the held text relayed and released: ten evidence
+records chained with ``bot.evidence.digest`` itself and seven ``messages`` rows,
+one day apart per thousand conversations over two years. A third of the
+contacts have names; one in a thousand texts failed, one in two thousand is a
+revocation hint. The secondary indexes are dropped for the load and rebuilt
+from their own definitions, so the schema is the migrated one.
+
+Then, on the large database: webhook latency at 1M against 1k (one request at a
+time, blocks alternating small/large, contacts that exist and new ones),
+``audit verify`` records a second, ``audit export`` peak memory, and the
+portal's pages (server side, in the app's process: p95 of repeated loads).
+Writes bench/results/scale.json (scale-smoke.json with --smoke).
+"""
+
+import argparse
+import contextlib
+import datetime as dt
+import multiprocessing
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import common, load
+
+UTC = dt.UTC
+START = dt.datetime(2024, 12, 1, tzinfo=UTC)
+SPAN = dt.timedelta(days=730)
+CHUNK = 20_000  # conversations generated (and hashed) at a time, by one process
+FIRST = ("Maria", "James", "Aiko", "Omar", "Lena", "Tomas", "Priya", "Kwame", "Sofia", "Ivan")
+LAST = ("Okafor", "Lindqvist", "Moreau", "Nakamura", "Reyes", "Schmidt", "Haddad", "Kowalski")
+NAMES = [f"{f} {last}{n or ''}" for n in range(40) for f in FIRST for last in LAST]
+
+
+# -- seeding ---------------------------------------------------------------------------
+
+
+def conversation_rows(n: int, conv_id: int, message_id: int, entry_id: int):
+    """Conversation ``n`` (id ``conv_id``): its row, its messages and its evidence entries."""
+    from bot.evidence import HASHED, digest
+    from bot.models import GENESIS
+
+    _name, cell, line = common.LINES[n % len(common.LINES)]
+    contact = common.contact_number(n)
+    start = START + SPAN * n / TOTAL[0]
+    prefix = "consent.contact_initiated"
+    ref = f"{n:011x}"
+    texts = [  # (kind of text, from, to, body, status, disposition, note or text key)
+        ("in", contact, line, "Hi, is this the plumber?", "received", "released", "held"),
+        (
+            "out",
+            line,
+            contact,
+            "[Auto Message] You are trying to reach …",
+            "delivered",
+            None,
+            f"{prefix}.to_contact",
+        ),
+        (
+            "out",
+            line,
+            cell,
+            "[Auto Message] A contact has attempted …",
+            "delivered",
+            None,
+            f"{prefix}.to_employee",
+        ),
+        ("in", contact, line, "YES", "received", "answered", "answered"),
+        (
+            "out",
+            line,
+            contact,
+            "[Auto Message] Opt in confirmed.",
+            "delivered",
+            None,
+            f"{prefix}.opted_in.to_contact",
+        ),
+        (
+            "out",
+            line,
+            cell,
+            "[Auto Message] Your Contact has opted in.",
+            "delivered",
+            None,
+            f"{prefix}.opted_in.to_employee",
+        ),
+        (
+            "out",
+            line,
+            cell,
+            f"{contact}: Hi, is this the plumber?",
+            "delivered",
+            None,
+            f"relay of {ref}00",
+        ),
+    ]
+    if n % 1000 == 7:
+        texts[1] = (*texts[1][:4], "failed", None, texts[1][6])
+    messages, entries = [], []
+    head, seq = GENESIS, 0
+
+    def record(at, **fields):
+        nonlocal head, seq
+        seq += 1
+        values = dict.fromkeys(HASHED) | fields | {"seq": seq, "created_at": at}
+        sealed = digest(line, contact, head, values)
+        entries.append((entry_id + len(entries), conv_id, *values.values(), head, sealed))
+        head = sealed
+
+    for i, (kind, sender, recipient, body, status, disposition, note) in enumerate(texts):
+        at = start + dt.timedelta(seconds=i)
+        inbound = kind == "in"
+        sid = f"SM{n:024x}{i:08x}" if inbound else f"SM{n:024x}{i + 16:08x}"
+        messages.append(
+            (
+                message_id + i,
+                f"{ref}{i:02d}",
+                conv_id,
+                "inbound" if inbound else "outbound",
+                "contact" if inbound else None,
+                sender,
+                recipient,
+                body,
+                None,
+                "[]",
+                sid,
+                None,
+                status,
+                "30003" if status == "failed" else None,
+                disposition,
+                None if inbound or note.startswith("relay") else note,
+                None,
+                inbound and n % 2000 == 3 and i == 0,
+                False,
+                True if inbound else None,
+                "<Response/>" if inbound else None,
+                None,
+                at,
+                at,
+            )
+        )
+        record(
+            at,
+            kind="message",
+            message_ref=f"{ref}{i:02d}",
+            direction=messages[-1][3],
+            sender=sender,
+            recipient=recipient,
+            body=body,
+            media_json="[]",
+            twilio_sid=sid if inbound else None,
+            status="received" if inbound else "queued",
+            signature_valid=True if inbound else None,
+            note=note,
+        )
+        if i in (0, 3):  # the consent request follows the first text, opted in follows YES
+            event, shown = ("request_sent", 1) if i == 0 else ("opted_in", 4)
+            record(
+                at,
+                kind="consent",
+                event=event,
+                mode="consent",
+                state="pending" if i == 0 else "opted_in",
+                shown_text=texts[shown][3],
+                cause_sid=sid,
+                cause_body=body,
+                signature_valid=True,
+                method="sms",
+            )
+    end = start + dt.timedelta(seconds=len(texts))
+    record(
+        end,
+        kind="disposition",
+        message_ref=f"{ref}00",
+        direction="inbound",
+        twilio_sid=messages[0][10],
+        note="released",
+    )
+    conv = (
+        conv_id,
+        line,
+        contact,
+        NAMES[n % len(NAMES)] if n % 3 == 0 else None,
+        "opted_in",
+        "contact",
+        start,
+        False,
+        end,
+        head,
+        seq,
+        start,
+        end,
+    )
+    return conv, messages, entries
+
+
+TOTAL = [0]  # conversations in the database being seeded (spreads their times)
+
+
+def chunk(start: int, stop: int, total: int):
+    TOTAL[0] = total
+    convs, messages, entries = [], [], []
+    for n in range(start, stop):
+        conv, m, e = conversation_rows(n, n + 1, n * 7 + 1, n * 10 + 1)
+        convs.append(conv)
+        messages += m
+        entries += e
+    return convs, messages, entries
+
+
+CONVERSATION_COLUMNS = [
+    "id",
+    "line",
+    "contact",
+    "contact_name",
+    "state",
+    "initiator",
+    "last_request_at",
+    "twilio_opt_out",
+    "addressed_at",
+    "chain_head",
+    "chain_length",
+    "created_at",
+    "updated_at",
+]
+MESSAGE_COLUMNS = [
+    "id",
+    "ref",
+    "conversation_id",
+    "direction",
+    "author",
+    "sender",
+    "recipient",
+    "body",
+    "relay_body",
+    "media_json",
+    "twilio_sid",
+    "idempotency_token",
+    "status",
+    "error_code",
+    "disposition",
+    "text_key",
+    "source_ref",
+    "hint",
+    "recovered",
+    "signature_valid",
+    "answer",
+    "review",
+    "created_at",
+    "updated_at",
+]
+
+
+def seed(url: str, conversations: int) -> float:
+    """Bulk-load ``conversations`` conversations; the seconds it took."""
+    from bot.evidence import HASHED
+
+    tables = {
+        "conversations": CONVERSATION_COLUMNS,
+        "messages": MESSAGE_COLUMNS,
+        "attestations": ["id", "conversation_id", *HASHED, "prev_hash", "hash"],
+    }
+    started = time.monotonic()
+    bounds = [
+        (s, min(s + CHUNK, conversations), conversations) for s in range(0, conversations, CHUNK)
+    ]
+    postgres = url.startswith("postgresql")
+    with (_postgres if postgres else _sqlite)(url, tables) as write:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(max(1, min(len(bounds), os.cpu_count() or 1))) as pool:
+            for rows in pool.imap(_chunk, bounds):
+                for table, part in zip(tables, rows, strict=True):
+                    write(table, part)
+    return time.monotonic() - started
+
+
+def _chunk(bounds):
+    return chunk(*bounds)
+
+
+@contextlib.contextmanager
+def _postgres(url: str, tables: dict):
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as pg:
+        rebuild = _without_indexes_pg(pg, list(tables))
+
+        def write(table, rows):
+            with pg.cursor().copy(f"COPY {table} ({', '.join(tables[table])}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+        yield write
+        for sql in rebuild:
+            pg.execute(sql)
+        for table in tables:
+            pg.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+            )
+            pg.execute(f"VACUUM ANALYZE {table}")
+
+
+def _without_indexes_pg(pg, tables: list[str]) -> list[str]:
+    """Drop the tables' secondary indexes and constraints; the statements that rebuild them."""
+    rebuild = []
+    for table in tables:
+        constraints = pg.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = %s::regclass AND contype IN ('u', 'f')",
+            (table,),
+        ).fetchall()
+        for name, definition in constraints:
+            pg.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+            rebuild.append(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+        for name, definition in pg.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s"
+            " AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE contype = 'p')",
+            (table,),
+        ).fetchall():
+            pg.execute(f"DROP INDEX {name}")
+            rebuild.insert(0, definition)
+    return rebuild
+
+
+@contextlib.contextmanager
+def _sqlite(url: str, tables: dict):
+    import sqlite3
+
+    db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    db.execute("PRAGMA synchronous=OFF")  # a bulk load: flushed once, at its end
+    indexes = db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        f" AND tbl_name IN ({', '.join('?' * len(tables))})",
+        list(tables),
+    ).fetchall()
+    for name, _ in indexes:
+        db.execute(f"DROP INDEX {name}")
+    triggers = db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'conversations'"
+    ).fetchall()
+    for name, _ in triggers:
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("BEGIN")
+
+    def write(table, rows):
+        marks = ", ".join("?" * len(tables[table]))
+        db.executemany(
+            f"INSERT INTO {table} ({', '.join(tables[table])}) VALUES ({marks})",
+            ([_stored(v) for v in row] for row in rows),
+        )
+
+    yield write
+    db.execute("COMMIT")
+    for _, sql in indexes + triggers:
+        db.execute(sql)
+    if triggers:  # the contacts' search index, made from the rows loaded
+        db.execute("INSERT INTO conversation_search(conversation_search) VALUES ('rebuild')")
+    db.execute("ANALYZE")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def _stored(value):
+    """A value as SQLAlchemy stores it in SQLite: times as naive UTC text."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def latency(small: str, large: str, conversations: int, blocks: int, per_block: int) -> dict:
+    """Webhook latency, one request at a time, small and large databases served alike."""
+    rng = random.Random(5)
+    signer = load.Signer(7)
+    kinds = {"existing": [], "new": []}
+    times = {(db, kind): [] for db in ("small", "large") for kind in kinds}
+    with contextlib.ExitStack() as stack:
+        bases = {
+            "small": stack.enter_context(common.gunicorn("wsgi:app", common.app_env(small))),
+            "large": stack.enter_context(common.gunicorn("wsgi:app", common.app_env(large))),
+        }
+        fresh = iter(range(500_000_000, 600_000_000))
+        for block in range(blocks * 2):
+            db = ("small", "large")[block % 2]
+            size = 1000 if db == "small" else conversations
+            for _ in range(per_block):
+                n = rng.randrange(size)
+                _, _, line = common.LINES[n % len(common.LINES)]
+                existing = signer.webhook("existing", common.contact_number(n), line, "Thanks!")
+                m = next(fresh)
+                new = signer.webhook("new", common.contact_number(m), line, "Hello there")
+                for kind, webhook in (("existing", existing), ("new", new)):
+                    run = load.closed_loop(bases[db], [[webhook]], 1, cap=30)
+                    if run.statuses != [200]:
+                        raise RuntimeError(f"{db} answered {run.statuses} to {kind}")
+                    times[db, kind] += run.latencies
+    out = {}
+    for kind in kinds:
+        small_ms = statistics.median(times["small", kind]) * 1000
+        large_ms = statistics.median(times["large", kind]) * 1000
+        out[kind] = {
+            "small_p50_ms": round(small_ms, 2),
+            "large_p50_ms": round(large_ms, 2),
+            "ratio": round(large_ms / small_ms, 3),
+        }
+    return out
+
+
+def timed_command(args: list[str], url: str) -> tuple[float, float, str]:
+    """A ``flask`` command: its wall time, its peak memory (MB) and its output.
+
+    The peak is the process's own high-water mark (``VmHWM``), read while it runs:
+    the rusage of a child counts the memory of the process it was forked from.
+    """
+    env = common.app_env(url) | {"PYTHONPATH": str(common.ROOT)}
+    command = [sys.executable, "-m", "flask", "--app", "app", *args]
+    started, peak = time.monotonic(), 0
+    with tempfile.TemporaryFile("w+") as output:
+        proc = subprocess.Popen(command, cwd=common.ROOT, env=env, stdout=output, stderr=output)
+        while proc.poll() is None:
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+            time.sleep(0.05)
+        output.seek(0)
+        text = output.read()
+    if proc.returncode:
+        raise RuntimeError(f"flask {' '.join(args)} failed: {text[-2000:]}")
+    return time.monotonic() - started, peak / 1024, text
+
+
+PAGES = {
+    "dashboard": "/",
+    "contacts by number": "/contacts?q={number}",
+    "contacts by name": "/contacts?q={surname}",
+    "contacts, all": "/contacts",
+    "a conversation's timeline": "/contacts/{conv_id}",
+    "log": "/log",
+    "log by line": "/log?line={line}",
+    "log by contact": "/log?contact={number}",
+    "log by date": "/log?since={day}&until={day}",
+    "log by line, paged deep": "/log?line={line}&before={deep}",
+    "CSV export, first rows": "/log.csv?line={line}",
+}
+
+
+def portal(url: str, conversations: int, loads: int) -> dict:
+    """Each page ``loads`` times (after one warm-up), timed in the app's process."""
+    os.environ.update(common.app_env(url))
+    from bot import create_app
+
+    app = create_app({"WTF_CSRF_ENABLED": False})
+    client = app.test_client()
+    common.flask(
+        ["admins", "create", "bench@example.com", "--password-stdin"],
+        url,
+        stdin="bench-password-123\n",
+    )
+    client.post("/login", data={"email": "bench@example.com", "password": "bench-password-123"})
+    n = conversations // 2
+    number = common.contact_number(n)
+    values = {
+        "number": f"({number[2:5]}) {number[5:8]}-{number[8:]}",  # as people type it
+        "surname": LAST[3],
+        "conv_id": n + 1,
+        "line": common.LINES[0][2],
+        "day": (START + SPAN / 2).strftime("%Y-%m-%d"),
+        "deep": conversations * 7 // 50,  # a tenth of the way from the oldest text
+    }
+    out = {}
+    for name, path in PAGES.items():
+        url_path = path.format(**values)
+        times = []
+        for _ in range(loads + 1):
+            started = time.perf_counter()
+            if name.startswith("CSV"):
+                response = client.get(url_path, buffered=False)
+                chunks = iter(response.response)
+                next(chunks), next(chunks)  # the header and the first row
+                response.close()
+            else:
+                response = client.get(url_path)
+            times.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url_path} answered {response.status_code}")
+        ordered = sorted(times[1:])
+        out[name] = {
+            "path": url_path,
+            "p50_ms": round(statistics.median(ordered) * 1000, 1),
+            "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
+        }
+        print(f"  {name:>28}: p95 {out[name]['p95_ms']} ms", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument(
+        "--part", action="append", choices=("latency", "verify", "export", "portal")
+    )
+    parser.add_argument("--conversations", type=int, default=1_000_000)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.conversations = 2000
+    parts = args.part or ["latency", "verify", "export", "portal"]
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    results = {
+        "machine": common.machine(),
+        "conversations": args.conversations,
+        "records": args.conversations * 10,
+    }
+    with (
+        common.databases(backends, ["large", "small"]) as urls,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        for backend in backends:
+            figures = results[backend] = {}
+            large, small = urls[backend, "large"], urls[backend, "small"]
+            for url, count in ((small, 1000), (large, args.conversations)):
+                common.prepare(url)
+                seconds = seed(url, count)
+            figures["seed_seconds"] = round(seconds, 1)
+            print(
+                f"{backend}: seeded {args.conversations} conversations in {seconds:.0f} s",
+                flush=True,
+            )
+            if "latency" in parts:
+                blocks, per = (2, 10) if args.smoke else (6, 50)
+                figures["latency"] = latency(small, large, args.conversations, blocks, per)
+                print(f"  latency: {figures['latency']}", flush=True)
+            if "verify" in parts:
+                wall, rss, output = timed_command(["audit", "verify"], large)
+                figures["verify"] = {
+                    "seconds": round(wall, 1),
+                    "records_per_second": round(args.conversations * 10 / wall),
+                    "peak_mb": round(rss),
+                }
+                print(f"  verify: {figures['verify']} {output.strip()[-80:]}", flush=True)
+            if "export" in parts:
+                out = Path(tmp) / "export.csv"
+                wall, rss, _ = timed_command(["audit", "export", "--out", str(out)], large)
+                figures["export"] = {
+                    "seconds": round(wall, 1),
+                    "peak_mb": round(rss),
+                    "file_mb": round(out.stat().st_size / 2**20),
+                }
+                out.unlink()
+                print(f"  export: {figures['export']}", flush=True)
+            if "portal" in parts:
+                figures["portal"] = portal(large, args.conversations, 5 if args.smoke else 20)
+    path = common.write_results("scale-smoke.json" if args.smoke else "scale.json", results)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
