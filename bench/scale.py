@@ -26,6 +26,7 @@ Writes bench/results/scale.json (scale-smoke.json with --smoke).
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import multiprocessing
 import os
 import random
@@ -50,134 +51,112 @@ NAMES = [f"{f} {last}{n or ''}" for n in range(40) for f in FIRST for last in LA
 # -- seeding ---------------------------------------------------------------------------
 
 
-def conversation_rows(n: int, conv_id: int, message_id: int, entry_id: int):
-    """Conversation ``n`` (id ``conv_id``): its row, its messages and its evidence entries."""
+def conversation_rows(n: int, total: int, stamp):
+    """Conversation ``n`` of ``total``: its row, its messages and its evidence entries,
+    as tuples in the column order of ``COLUMNS``; ``stamp`` writes a time as stored."""
     from bot.evidence import HASHED, digest
     from bot.models import GENESIS
 
-    _name, cell, line = common.LINES[n % len(common.LINES)]
-    contact = common.contact_number(n)
-    start = START + SPAN * n / TOTAL[0]
-    prefix = "consent.contact_initiated"
-    ref = f"{n:011x}"
-    texts = [  # (kind of text, from, to, body, status, disposition, note or text key)
-        ("in", contact, line, "Hi, is this the plumber?", "received", "released", "held"),
+    _, cell, line = common.LINES[n % len(common.LINES)]
+    contact, ref = common.contact_number(n), f"{n:011x}"
+    start = START + SPAN * n / total
+    key = "consent.contact_initiated"
+    texts = [  # inbound?, to, body, status, disposition, note (a text key, for the bot's)
+        (True, line, "Hi, is this the plumber?", "received", "released", "held"),
         (
-            "out",
-            line,
+            False,
             contact,
-            "[Auto Message] You are trying to reach …",
+            "[Auto Message] You are trying to reach…",
             "delivered",
             None,
-            f"{prefix}.to_contact",
+            f"{key}.to_contact",
         ),
         (
-            "out",
-            line,
+            False,
             cell,
-            "[Auto Message] A contact has attempted …",
+            "[Auto Message] A contact has attempted…",
             "delivered",
             None,
-            f"{prefix}.to_employee",
+            f"{key}.to_employee",
         ),
-        ("in", contact, line, "YES", "received", "answered", "answered"),
+        (True, line, "YES", "received", "answered", "answered"),
         (
-            "out",
-            line,
+            False,
             contact,
             "[Auto Message] Opt in confirmed.",
             "delivered",
             None,
-            f"{prefix}.opted_in.to_contact",
+            f"{key}.opted_in.to_contact",
         ),
         (
-            "out",
-            line,
+            False,
             cell,
             "[Auto Message] Your Contact has opted in.",
             "delivered",
             None,
-            f"{prefix}.opted_in.to_employee",
+            f"{key}.opted_in.to_employee",
         ),
-        (
-            "out",
-            line,
-            cell,
-            f"{contact}: Hi, is this the plumber?",
-            "delivered",
-            None,
-            f"relay of {ref}00",
-        ),
+        (False, cell, f"{contact}: Hi, is this the plumber?", "delivered", None, "relay"),
     ]
-    if n % 1000 == 7:
-        texts[1] = (*texts[1][:4], "failed", None, texts[1][6])
-    messages, entries = [], []
-    head, seq = GENESIS, 0
+    messages, entries, head = [], [], GENESIS
 
     def record(at, **fields):
-        nonlocal head, seq
-        seq += 1
-        values = dict.fromkeys(HASHED) | fields | {"seq": seq, "created_at": at}
+        nonlocal head
+        values = dict.fromkeys(HASHED) | fields | {"seq": len(entries) + 1, "created_at": at}
         sealed = digest(line, contact, head, values)
-        entries.append((entry_id + len(entries), conv_id, *values.values(), head, sealed))
+        row = values | {"id": n * 10 + len(entries) + 1, "conversation_id": n + 1}
+        entries.append(row | {"created_at": stamp(at), "prev_hash": head, "hash": sealed})
         head = sealed
 
-    for i, (kind, sender, recipient, body, status, disposition, note) in enumerate(texts):
-        at = start + dt.timedelta(seconds=i)
-        inbound = kind == "in"
-        sid = f"SM{n:024x}{i:08x}" if inbound else f"SM{n:024x}{i + 16:08x}"
-        messages.append(
-            (
-                message_id + i,
-                f"{ref}{i:02d}",
-                conv_id,
-                "inbound" if inbound else "outbound",
-                "contact" if inbound else None,
-                sender,
-                recipient,
-                body,
-                None,
-                "[]",
-                sid,
-                None,
-                status,
-                "30003" if status == "failed" else None,
-                disposition,
-                None if inbound or note.startswith("relay") else note,
-                None,
-                inbound and n % 2000 == 3 and i == 0,
-                False,
-                True if inbound else None,
-                "<Response/>" if inbound else None,
-                None,
-                at,
-                at,
-            )
-        )
+    for i, (inbound, to, body, status, disposition, note) in enumerate(texts):
+        at, sender = start + dt.timedelta(seconds=i), contact if inbound else line
+        failed = status == "delivered" and n % 1000 == 7 and i == 1
+        message = {
+            "id": n * 7 + i + 1,
+            "ref": f"{ref}{i:02d}",
+            "conversation_id": n + 1,
+            "direction": "inbound" if inbound else "outbound",
+            "sender": sender,
+            "recipient": to,
+            "body": body,
+            "twilio_sid": f"SM{n:024x}{i:08x}",
+            "status": "failed" if failed else status,
+            "error_code": "30003" if failed else None,
+            "disposition": disposition,
+            "hint": inbound and i == 0 and n % 2000 == 3,
+            "recovered": False,
+            "media_json": "[]",
+            "created_at": stamp(at),
+            "updated_at": stamp(at),
+        }
+        if inbound:
+            message |= {"author": "contact", "signature_valid": True, "answer": "<Response/>"}
+        elif note != "relay":
+            message["text_key"] = note
+        messages.append(message)
         record(
             at,
             kind="message",
-            message_ref=f"{ref}{i:02d}",
-            direction=messages[-1][3],
+            message_ref=message["ref"],
+            direction=message["direction"],
             sender=sender,
-            recipient=recipient,
+            recipient=to,
             body=body,
             media_json="[]",
-            twilio_sid=sid if inbound else None,
+            twilio_sid=message["twilio_sid"] if inbound else None,
             status="received" if inbound else "queued",
             signature_valid=True if inbound else None,
             note=note,
         )
-        if i in (0, 3):  # the consent request follows the first text, opted in follows YES
-            event, shown = ("request_sent", 1) if i == 0 else ("opted_in", 4)
+        if i in (0, 3):  # the consent request follows the first text; opted in, the YES
             record(
                 at,
                 kind="consent",
-                event=event,
+                event="request_sent" if i == 0 else "opted_in",
                 mode="consent",
                 state="pending" if i == 0 else "opted_in",
-                shown_text=texts[shown][3],
-                cause_sid=sid,
+                shown_text=texts[i + 1][2],
+                cause_sid=message["twilio_sid"],
                 cause_body=body,
                 signature_valid=True,
                 method="sms",
@@ -188,127 +167,91 @@ def conversation_rows(n: int, conv_id: int, message_id: int, entry_id: int):
         kind="disposition",
         message_ref=f"{ref}00",
         direction="inbound",
-        twilio_sid=messages[0][10],
+        twilio_sid=messages[0]["twilio_sid"],
         note="released",
     )
-    conv = (
-        conv_id,
-        line,
-        contact,
-        NAMES[n % len(NAMES)] if n % 3 == 0 else None,
-        "opted_in",
-        "contact",
-        start,
-        False,
-        end,
-        head,
-        seq,
-        start,
-        end,
-    )
-    return conv, messages, entries
+    conversation = {
+        "id": n + 1,
+        "line": line,
+        "contact": contact,
+        "state": "opted_in",
+        "contact_name": NAMES[n % len(NAMES)] if n % 3 == 0 else None,
+        "initiator": "contact",
+        "last_request_at": stamp(start),
+        "twilio_opt_out": False,
+        "addressed_at": stamp(end),
+        "chain_head": head,
+        "chain_length": len(entries),
+        "created_at": stamp(start),
+        "updated_at": stamp(end),
+    }
+    return [conversation], messages, entries
 
 
-TOTAL = [0]  # conversations in the database being seeded (spreads their times)
-
-
-def chunk(start: int, stop: int, total: int):
-    TOTAL[0] = total
-    convs, messages, entries = [], [], []
+def _rows(bounds) -> list[list[tuple]]:
+    """The rows of conversations [start, stop) of ``total``, per table (one process's part)."""
+    start, stop, total, sqlite = bounds
+    stamp = functools.lru_cache(maxsize=64)(_sqlite_time) if sqlite else (lambda moment: moment)
+    tables = [[], [], []]
+    empty = [dict.fromkeys(columns) for columns in COLUMNS.values()]  # in column order
     for n in range(start, stop):
-        conv, m, e = conversation_rows(n, n + 1, n * 7 + 1, n * 10 + 1)
-        convs.append(conv)
-        messages += m
-        entries += e
-    return convs, messages, entries
+        for rows, blank, made in zip(
+            tables, empty, conversation_rows(n, total, stamp), strict=True
+        ):
+            rows += [tuple((blank | row).values()) for row in made]
+    return tables
 
 
-CONVERSATION_COLUMNS = [
-    "id",
-    "line",
-    "contact",
-    "contact_name",
-    "state",
-    "initiator",
-    "last_request_at",
-    "twilio_opt_out",
-    "addressed_at",
-    "chain_head",
-    "chain_length",
-    "created_at",
-    "updated_at",
-]
-MESSAGE_COLUMNS = [
-    "id",
-    "ref",
-    "conversation_id",
-    "direction",
-    "author",
-    "sender",
-    "recipient",
-    "body",
-    "relay_body",
-    "media_json",
-    "twilio_sid",
-    "idempotency_token",
-    "status",
-    "error_code",
-    "disposition",
-    "text_key",
-    "source_ref",
-    "hint",
-    "recovered",
-    "signature_valid",
-    "answer",
-    "review",
-    "created_at",
-    "updated_at",
-]
+def _sqlite_time(moment: dt.datetime) -> str:
+    """A time as SQLAlchemy stores it in SQLite: naive UTC text."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _columns() -> dict[str, list[str]]:
+    from bot.models import Attestation, Conversation, Message
+
+    return {
+        m.__tablename__: [c.name for c in m.__table__.c]
+        for m in (Conversation, Message, Attestation)
+    }
+
+
+COLUMNS = _columns()
 
 
 def seed(url: str, conversations: int) -> float:
     """Bulk-load ``conversations`` conversations; the seconds it took."""
-    from bot.evidence import HASHED
-
-    tables = {
-        "conversations": CONVERSATION_COLUMNS,
-        "messages": MESSAGE_COLUMNS,
-        "attestations": ["id", "conversation_id", *HASHED, "prev_hash", "hash"],
-    }
     started = time.monotonic()
-    bounds = [
-        (s, min(s + CHUNK, conversations), conversations) for s in range(0, conversations, CHUNK)
+    sqlite = url.startswith("sqlite")
+    parts = [
+        (s, min(s + CHUNK, conversations), conversations, sqlite)
+        for s in range(0, conversations, CHUNK)
     ]
-    postgres = url.startswith("postgresql")
-    with (_postgres if postgres else _sqlite)(url, tables) as write:
+    with (_sqlite if sqlite else _postgres)(url) as write:
         context = multiprocessing.get_context("fork")
-        with context.Pool(max(1, min(len(bounds), os.cpu_count() or 1))) as pool:
-            for rows in pool.imap(_chunk, bounds):
-                for table, part in zip(tables, rows, strict=True):
-                    write(table, part)
+        with context.Pool(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
+            for tables in pool.imap(_rows, parts):
+                for table, rows in zip(COLUMNS, tables, strict=True):
+                    write(table, rows)
     return time.monotonic() - started
 
 
-def _chunk(bounds):
-    return chunk(*bounds)
-
-
 @contextlib.contextmanager
-def _postgres(url: str, tables: dict):
+def _postgres(url: str):
     import psycopg
 
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as pg:
-        rebuild = _without_indexes_pg(pg, list(tables))
+        rebuild = _without_indexes_pg(pg, list(COLUMNS))
 
         def write(table, rows):
-            with pg.cursor().copy(f"COPY {table} ({', '.join(tables[table])}) FROM STDIN") as copy:
+            with pg.cursor().copy(f"COPY {table} ({', '.join(COLUMNS[table])}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
 
         yield write
         for sql in rebuild:
             pg.execute(sql)
-        for table in tables:
+        for table in COLUMNS:
             pg.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
             )
@@ -338,15 +281,16 @@ def _without_indexes_pg(pg, tables: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _sqlite(url: str, tables: dict):
+def _sqlite(url: str):
     import sqlite3
 
     db = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-    db.execute("PRAGMA synchronous=OFF")  # a bulk load: flushed once, at its end
+    db.execute("PRAGMA journal_mode=OFF")  # a bulk load: no log of what it undoes,
+    db.execute("PRAGMA synchronous=OFF")  # flushed once, at its end
     indexes = db.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
-        f" AND tbl_name IN ({', '.join('?' * len(tables))})",
-        list(tables),
+        f" AND tbl_name IN ({', '.join('?' * len(COLUMNS))})",
+        list(COLUMNS),
     ).fetchall()
     for name, _ in indexes:
         db.execute(f"DROP INDEX {name}")
@@ -358,11 +302,8 @@ def _sqlite(url: str, tables: dict):
     db.execute("BEGIN")
 
     def write(table, rows):
-        marks = ", ".join("?" * len(tables[table]))
-        db.executemany(
-            f"INSERT INTO {table} ({', '.join(tables[table])}) VALUES ({marks})",
-            ([_stored(v) for v in row] for row in rows),
-        )
+        marks = ", ".join("?" * len(COLUMNS[table]))
+        db.executemany(f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) VALUES ({marks})", rows)
 
     yield write
     db.execute("COMMIT")
@@ -371,15 +312,8 @@ def _sqlite(url: str, tables: dict):
     if triggers:  # the contacts' search index, made from the rows loaded
         db.execute("INSERT INTO conversation_search(conversation_search) VALUES ('rebuild')")
     db.execute("ANALYZE")
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("PRAGMA journal_mode=WAL")  # as the app runs it
     db.close()
-
-
-def _stored(value):
-    """A value as SQLAlchemy stores it in SQLite: times as naive UTC text."""
-    if isinstance(value, dt.datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -435,7 +369,7 @@ def timed_command(args: list[str], url: str) -> tuple[float, float, str]:
     with tempfile.TemporaryFile("w+") as output:
         proc = subprocess.Popen(command, cwd=common.ROOT, env=env, stdout=output, stderr=output)
         while proc.poll() is None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, IndexError):  # gone meanwhile
                 status = Path(f"/proc/{proc.pid}/status").read_text()
                 peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
             time.sleep(0.05)

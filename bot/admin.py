@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import io
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -528,8 +529,23 @@ LOG_COLUMNS = (
 @bp.get("/log.csv")
 def log_csv():
     stmt, _filters = _log_query()
+    stmt = stmt.with_only_columns(
+        Message.created_at,
+        Message.direction,
+        Conversation.line,
+        Conversation.contact,
+        Message.sender,
+        Message.recipient,
+        Message.body,
+        Message.media_json,
+        Message.twilio_sid,
+        Message.status,
+        Message.error_code,
+        Message.disposition,
+        Message.recovered,
+        maintain_column_froms=True,
+    )
     stmt = stmt.order_by(Message.created_at.desc(), Message.id.desc())
-    stmt = stmt.execution_options(yield_per=1000)
 
     def rows():
         buffer = io.StringIO()
@@ -543,28 +559,27 @@ def log_csv():
 
         writer.writerow(LOG_COLUMNS)
         yield flush()
-        # A reader's snapshot, flushed to disk before its rows go out, and holding no
-        # writer lock however long the download takes (webhooks go on meanwhile).
+        # A reader: on SQLite it holds no write lock however long the download takes.
         read_only()
-        result = db.session.execute(stmt).scalars()
+        result = db.session.execute(stmt, execution_options={"yield_per": 500})
         try:
-            for message in result:
-                conv = message.conversation
+            for row in result:
+                media = " ".join(m["url"] for m in json.loads(row.media_json or "[]"))
                 writer.writerow(
                     [
-                        when_filter(message.created_at),
-                        message.direction.value,
-                        conv.line,
-                        conv.contact,
-                        message.sender,
-                        message.recipient,
-                        message.body,
-                        " ".join(m["url"] for m in message.media),
-                        message.twilio_sid or "",
-                        message.status,
-                        message.error_code or "",
-                        message.disposition.value if message.disposition else "",
-                        "yes" if message.recovered else "",
+                        when_filter(row.created_at),
+                        row.direction.value,
+                        row.line,
+                        row.contact,
+                        row.sender,
+                        row.recipient,
+                        row.body,
+                        media,
+                        row.twilio_sid or "",
+                        row.status,
+                        row.error_code or "",
+                        row.disposition.value if row.disposition else "",
+                        "yes" if row.recovered else "",
                     ]
                 )
                 yield flush()
