@@ -115,6 +115,7 @@ def conversation_rows(n: int, total: int, stamp):
             "id": n * 7 + i + 1,
             "ref": f"{ref}{i:02d}",
             "conversation_id": n + 1,
+            "line": line,
             "direction": "inbound" if inbound else "outbound",
             "sender": sender,
             "recipient": to,

@@ -19,7 +19,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from sqlalchemy import bindparam, column, func, or_, select, table, tuple_
+from sqlalchemy import DateTime, bindparam, column, func, or_, select, table, tuple_
 from sqlalchemy.orm import contains_eager
 
 from bot import employees as staff
@@ -84,21 +84,22 @@ class Page:
     older: str | None = None
 
 
-def keyset_page(stmt, time_column, id_column, per_page: int = PAGE_SIZE) -> Page:
+def keyset_page(stmt, columns: tuple, key, per_page: int = PAGE_SIZE) -> Page:
     """The page of ``stmt`` that the request's ``before`` or ``after`` key names.
 
-    Rows are ordered by (time, id), newest first; a key is ``<time>~<id>`` of the
-    row a page ends at. Each page is an index range of its own: no OFFSET, so
-    the thousandth page costs what the first does.
+    Rows are ordered by ``columns``, newest first (the last is unique); ``key``
+    gives a row's values of them. A page's key is those values of the row it ends
+    at, joined by ``~``. Each page is an index range of its own: no OFFSET, so the
+    thousandth page costs what the first does.
     """
-    order = (time_column.desc(), id_column.desc())
-    after = _key(request.args.get("after"))
-    before = _key(request.args.get("before"))
+    order = [c.desc() for c in columns]
+    after = _key(request.args.get("after"), columns)
+    before = _key(request.args.get("before"), columns)
     if after is not None:
-        stmt = stmt.where(tuple_(time_column, id_column) > after)
-        order = (time_column.asc(), id_column.asc())
+        stmt = stmt.where(tuple_(*columns) > after)
+        order = [c.asc() for c in columns]
     elif before is not None:
-        stmt = stmt.where(tuple_(time_column, id_column) < before)
+        stmt = stmt.where(tuple_(*columns) < before)
     rows = list(db.session.execute(stmt.order_by(*order).limit(per_page + 1)).scalars())
     more = len(rows) > per_page
     rows = rows[:per_page]
@@ -106,22 +107,32 @@ def keyset_page(stmt, time_column, id_column, per_page: int = PAGE_SIZE) -> Page
         rows.reverse()
     page = Page(rows)
     if rows and (more or after is not None):
-        page.older = _key_of(rows[-1], time_column, id_column)
+        page.older = _key_text(key(rows[-1]))
     if rows and (more if after is not None else before is not None):
-        page.newer = _key_of(rows[0], time_column, id_column)
+        page.newer = _key_text(key(rows[0]))
     return page
 
 
-def _key(raw: str | None) -> tuple[datetime, int] | None:
+def _key(raw: str | None, columns: tuple) -> tuple | None:
+    """A page key read back as its columns' values; None if it is not one."""
+    parts = (raw or "").split("~")
+    if len(parts) != len(columns):
+        return None
     try:
-        moment, _, row = (raw or "").partition("~")
-        return datetime.fromisoformat(moment).astimezone(UTC), int(row)
+        return tuple(
+            datetime.fromisoformat(part).astimezone(UTC) if _is_time(c) else int(part)
+            for part, c in zip(parts, columns, strict=True)
+        )
     except ValueError:
         return None
 
 
-def _key_of(row, time_column, id_column) -> str:
-    return f"{getattr(row, time_column.key).isoformat()}~{getattr(row, id_column.key)}"
+def _is_time(column) -> bool:
+    return isinstance(getattr(column.type, "impl_instance", column.type), DateTime)
+
+
+def _key_text(values: tuple) -> str:
+    return "~".join(v.isoformat() if isinstance(v, datetime) else str(v) for v in values)
 
 
 @bp.app_template_global()
@@ -341,35 +352,42 @@ def text_reset(key: str):
 _search = table("conversation_search", column("rowid"), column("contact"), column("contact_name"))
 
 
-def contact_search(query: str):
-    """The conversations whose number or name contains ``query``, as a WHERE clause.
+def contact_search(stmt, query: str):
+    """``stmt`` (of conversations) narrowed to those whose number or name contains
+    ``query``, and the column their newest-first order goes by.
 
     A whole number (typed any way, ``(415) 555-0123``) is looked up in the index
-    of numbers; a part of one (three digits or more), or of a name, in the
-    trigram index of each database.
+    of numbers; a part of one (three digits or more), or of a name, in each
+    database's trigram index. On SQLite the search table itself is read in its
+    own order, so a name that many contacts share still ends at the first page.
     """
     region = current_app.config["DEFAULT_REGION"]
     with contextlib.suppress(phones.InvalidNumber):
         number = phones.to_e164(query, region)
-        return Conversation.contact.in_([number, phones.WHATSAPP + number])
+        return stmt.where(
+            Conversation.contact.in_([number, phones.WHATSAPP + number])
+        ), Conversation.id
     digits = "".join(c for c in query if c.isdigit())
     number_like = digits and not any(c.isalpha() for c in query)
     pattern = f"%{digits if number_like else query}%"
     if db.engine.dialect.name == "sqlite" and len(pattern) >= 5:  # a trigram or more
         found = _search.c.contact if number_like else _search.c.contact_name
-        return Conversation.id.in_(select(_search.c.rowid).where(found.like(pattern)))
+        stmt = stmt.join(_search, _search.c.rowid == Conversation.id).where(found.like(pattern))
+        return stmt, _search.c.rowid
     if number_like:
-        return Conversation.contact.like(pattern)
-    return Conversation.contact_name.ilike(pattern)
+        return stmt.where(Conversation.contact.like(pattern)), Conversation.id
+    return stmt.where(Conversation.contact_name.ilike(pattern)), Conversation.id
 
 
 @bp.get("/contacts")
 def contacts():
     query = (request.args.get("q") or "").strip()
-    stmt = select(Conversation)
-    if query:
-        stmt = stmt.where(contact_search(query))
-    page = keyset_page(stmt, Conversation.updated_at, Conversation.id)
+    if query:  # matches, the newest contacts first
+        stmt, order = contact_search(select(Conversation), query)
+        page = keyset_page(stmt, (order,), lambda c: (c.id,))
+    else:  # everyone, the latest activity first
+        columns = (Conversation.updated_at, Conversation.id)
+        page = keyset_page(select(Conversation), columns, lambda c: (c.updated_at, c.id))
     names = {e.line: e.name for e in staff.listing() if e.active}
     hints = db.session.execute(_pending_hints().limit(REVIEW_LIST)).all()
     return render_template(
@@ -472,10 +490,11 @@ def _log_query():
         filters["line"] = line
         with contextlib.suppress(phones.InvalidNumber):
             line = phones.to_e164(line, current_app.config["DEFAULT_REGION"])
-        stmt = stmt.where(Conversation.line == line)
+        stmt = stmt.where(Message.line == line)
     if contact := (args.get("contact") or "").strip():
         filters["contact"] = contact
-        stmt = stmt.where(contact_search(contact))
+        matching, _ = contact_search(select(Conversation.id), contact)
+        stmt = stmt.where(Message.conversation_id.in_(matching))
     if (direction := args.get("direction")) in ("inbound", "outbound"):
         filters["direction"] = direction
         stmt = stmt.where(Message.direction == Direction(direction))
@@ -502,7 +521,8 @@ def _log_query():
 @bp.get("/log")
 def log():
     stmt, filters = _log_query()
-    page = keyset_page(stmt, Message.created_at, Message.id)
+    columns = (Message.created_at, Message.id)
+    page = keyset_page(stmt, columns, lambda m: (m.created_at, m.id))
     lines = [e.line for e in staff.listing()]
     return render_template(
         "admin/log.html", page=page, filters=filters, lines=lines, action=ActionForm()

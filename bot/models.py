@@ -143,6 +143,7 @@ class Conversation(Timestamps, db.Model):
         # The portal: contacts newest first (by key), a contact by its whole number.
         Index("ix_conversations_updated_at_id", "updated_at", "id"),
         Index("ix_conversations_contact", "contact"),
+        Index("ix_conversations_state", "state"),  # the dashboard's counts
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -183,6 +184,7 @@ class Message(Timestamps, db.Model):
         # The portal: the log newest first (by key, filtered by date), and the short
         # lists of revocation hints to review and of failed texts.
         Index("ix_messages_created_at_id", "created_at", "id"),
+        Index("ix_messages_line_created_at_id", "line", "created_at", "id"),
         Index(
             "ix_messages_pending_hints",
             "id",
@@ -200,6 +202,8 @@ class Message(Timestamps, db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     ref: Mapped[str] = mapped_column(String(32), unique=True, default=new_ref)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    # The line's number, as on the conversation: the log of one line needs no join.
+    line: Mapped[str] = mapped_column(String(32), server_default="")
     direction: Mapped[Direction] = mapped_column(_enum(Direction))
     # Who wrote it: the contact, the employee, or (None) the bot itself.
     author: Mapped[consent.Role | None] = mapped_column(_enum(consent.Role))

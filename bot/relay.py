@@ -430,7 +430,7 @@ class Turn:
 
     def _row(self, **fields) -> dict:
         row = _MESSAGE | fields
-        row |= {"ref": new_ref(), "conversation_id": self.conv.id}
+        row |= {"ref": new_ref(), "conversation_id": self.conv.id, "line": self.conv.line}
         row |= {"created_at": self.now, "updated_at": self.now}
         self.messages.append(row)
         return row

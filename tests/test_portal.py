@@ -544,7 +544,7 @@ def test_log_pages_by_key_newest_first_every_text_once(app, portal, twilio):
         return [int(i) for i in re.findall(r'<tr id="m(\d+)">', page)], links
 
     pages, path = [], "/log"
-    while path:
+    while path and len(pages) < 10:
         rows, links = rows_and_links(path)
         pages.append(rows)
         path = links.get("next")
@@ -556,7 +556,7 @@ def test_log_pages_by_key_newest_first_every_text_once(app, portal, twilio):
     assert "prev" not in rows_and_links("/log")[1]
     back = []  # and back again from the last page, by the "Newer" links
     path = rows_and_links(f"/log?before={_key_of_row(app, pages[-2][-1])}")[1].get("prev")
-    while path:
+    while path and len(back) < 10:
         rows, links = rows_and_links(path)
         back.insert(0, rows)
         path = links.get("prev")
