@@ -1,7 +1,5 @@
 """Command line (SPEC §9): thin Click commands over plain functions."""
 
-import contextlib
-import io
 import os
 import stat
 import sys
@@ -146,70 +144,26 @@ def audit_export(since, out_path):
         except ValueError:
             raise click.BadParameter("use YYYY-MM-DD", param_hint="--since") from None
     if out_path:
-        raw = SettledFile(out_path)
-        with io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", newline="") as out:
+        with open(out_path, "w", encoding="utf-8", newline="") as out:
             count = evidence.export(out, start)
+            settle(out)
         click.echo(f"{count} entries written to {out_path}", err=True)
     else:
         evidence.export(sys.stdout, start)
 
 
-class SettledFile(io.FileIO):
-    """A file written for ``audit export --out``: on disk when the command says so, and
-    out of the way of the database while it grows.
-
-    Every ``SETTLE_BYTES`` it is flushed to disk and the pages written so far are
-    dropped from the kernel's page cache; at ``close`` the rest, and the directory
-    that holds it. A log of gigabytes would otherwise leave as many dirty pages
-    behind (the disk busy writing them, every commit's flush queued behind them)
-    and push the database's own pages out of memory. A target that is not a
-    regular file (``/dev/null``, a pipe) is written as it is: there is nothing to
-    flush.
-    """
-
-    SETTLE_BYTES = 64 * 1024 * 1024
-
-    def __init__(self, path: str):
-        super().__init__(path, "w")
-        self.path = path
-        self.regular = stat.S_ISREG(os.fstat(self.fileno()).st_mode)
-        self.written = 0
-        self.settled = 0  # bytes on disk and out of the page cache
-
-    def write(self, data) -> int:
-        # What came before is settled first: if that fails, nothing of ``data`` was
-        # written, and the buffer above hands the same bytes again, once.
-        if self.written - self.settled >= self.SETTLE_BYTES:
-            self.settle()
-        count = super().write(data)
-        self.written += count or 0
-        return count
-
-    def settle(self) -> None:
-        if not self.regular or self.written == self.settled:
-            return
-        getattr(os, "fdatasync", os.fsync)(self.fileno())  # macOS has no fdatasync
-        if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the pages stay cached
-            length = self.written - self.settled
-            os.posix_fadvise(self.fileno(), self.settled, length, os.POSIX_FADV_DONTNEED)
-        self.settled = self.written
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self.settle()
-        finally:
-            super().close()
-        if not self.regular:
-            return
-        # The file's name, too, is on disk: where the folder can be opened and flushed.
-        with contextlib.suppress(OSError):
-            folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+def settle(out) -> None:
+    """A file written out is on disk, and its name in its folder, before the command says so
+    (a device or a pipe has nothing to flush)."""
+    out.flush()
+    if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+        return
+    os.fsync(out.fileno())
+    folder = os.open(os.path.dirname(os.path.abspath(out.name)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 @audit_cli.command("verify")

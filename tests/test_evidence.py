@@ -175,103 +175,45 @@ def test_export_streams_every_entry_as_csv(history, runner, tmp_path):
     assert bad.exit_code != 0 and "YYYY-MM-DD" in bad.output
 
 
-def _spy_on_flushes(monkeypatch, *paths):
-    """What is done to these files (by path): fdatasync, posix_fadvise and fsync."""
-    calls = []
+def _spy_on_fsync(monkeypatch, *paths):
+    """The files (by path) that os.fsync is called for, in order."""
+    calls, real = [], os.fsync
 
-    def spy(name, real):
-        def call(fd, *args):
-            path = os.path.realpath(f"/proc/self/fd/{fd}")
-            if path in paths:
-                calls.append((name, path, *args))
-            return real(fd, *args)
+    def spy(fd):
+        path = os.path.realpath(f"/proc/self/fd/{fd}")
+        if path in paths:
+            calls.append(path)
+        return real(fd)
 
-        return call
-
-    monkeypatch.setattr(os, "fdatasync", spy("flush", os.fdatasync))
-    monkeypatch.setattr(os, "posix_fadvise", spy("drop", os.posix_fadvise))
-    monkeypatch.setattr(os, "fsync", spy("sync", os.fsync))
+    monkeypatch.setattr(os, "fsync", spy)
     return calls
 
 
 def test_export_to_a_file_is_on_disk_when_the_command_says_it_is_written(
     history, runner, tmp_path, monkeypatch
 ):
-    """``--out``: the file is flushed and its pages dropped from the page cache, then
-    its folder flushed, before the command ends. The file is the export, byte for
-    byte: UTF-8, and a line break inside a text kept as it was."""
+    """``--out``: the file is flushed, then its folder, before the command ends. The file
+    is the export, byte for byte: UTF-8, and a line break inside a text kept as it was."""
     text_ = "Café, ☕ at 8?\r\nSecond line"
     with history.app_context():
         first = db.session.execute(select(func.min(Attestation.id))).scalar()
         db.session.execute(update(Attestation).where(Attestation.id == first).values(body=text_))
         db.session.commit()
     out = tmp_path / "log.csv"
-    calls = _spy_on_flushes(monkeypatch, str(out), str(tmp_path))
+    calls = _spy_on_fsync(monkeypatch, str(out), str(tmp_path))
     result = runner.invoke(args=["audit", "export", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    size = out.stat().st_size
-    assert calls == [
-        ("flush", str(out)),
-        ("drop", str(out), 0, size, os.POSIX_FADV_DONTNEED),
-        ("sync", str(tmp_path)),
-    ]
+    assert calls == [str(out), str(tmp_path)]
     assert out.read_text(encoding="utf-8") == runner.invoke(args=["audit", "export"]).output
     assert f'"{text_}"'.encode() in out.read_bytes()
 
 
 def test_export_to_a_device_or_pipe_is_written_without_a_flush(history, runner, monkeypatch):
-    """``--out /dev/null`` (or a pipe): nothing to flush or drop, and no error for it."""
-    calls = _spy_on_flushes(monkeypatch, "/dev/null")
+    """``--out /dev/null`` (or a pipe): nothing to flush, and no error for it."""
+    calls = _spy_on_fsync(monkeypatch, "/dev/null")
     result = runner.invoke(args=["audit", "export", "--out", "/dev/null"])
     assert result.exit_code == 0, result.output
     assert "entries written to /dev/null" in result.output and calls == []
-
-
-def test_a_flush_that_fails_loses_and_repeats_nothing(tmp_path, monkeypatch):
-    """A flush that fails before a write fails that write: the buffer above hands the
-    same bytes again later, and the file holds every row once, in order."""
-    import io
-
-    from bot.cli import SettledFile
-
-    monkeypatch.setattr(SettledFile, "SETTLE_BYTES", 100)
-    path = tmp_path / "rows.csv"
-    real, failures = os.fdatasync, []
-
-    def flaky(fd):
-        if not failures:
-            failures.append(fd)
-            raise OSError(5, "Input/output error")
-        return real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", flaky)
-    rows = [f"row {n:03d}\n" for n in range(40)]
-    raw = SettledFile(str(path))
-    out = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=64), encoding="utf-8", newline="")
-    with pytest.raises(OSError):
-        for row in rows:
-            out.write(row)
-            out.flush()
-    written = rows.index(row)  # the row whose write failed
-    out.close()  # hands the failed row's bytes again, then settles
-    assert failures and path.read_text(encoding="utf-8") == "".join(rows[: written + 1])
-
-
-def test_a_settled_file_leaves_the_page_cache_range_after_range_as_it_grows(tmp_path, monkeypatch):
-    """Every SETTLE_BYTES the pages written so far are flushed and dropped, range after
-    range with no gap or overlap; at close the rest, then the folder."""
-    from bot.cli import SettledFile
-
-    monkeypatch.setattr(SettledFile, "SETTLE_BYTES", 1000)
-    path = tmp_path / "big.csv"
-    calls = _spy_on_flushes(monkeypatch, str(path), str(tmp_path))
-    with SettledFile(str(path)) as f:
-        for n in range(105):
-            f.write(b"%099d\n" % n)
-    assert path.stat().st_size == 10_500
-    drops = [c[2:4] for c in calls if c[0] == "drop"]
-    assert drops == [(at, 1000) for at in range(0, 10_000, 1000)] + [(10_000, 500)]
-    assert [c[0] for c in calls] == ["flush", "drop"] * 11 + ["sync"]
 
 
 def test_digest_covers_every_hashed_field():
