@@ -46,6 +46,18 @@ CHUNK = 20_000  # conversations generated (and hashed) at a time, by one process
 FIRST = ("Maria", "James", "Aiko", "Omar", "Lena", "Tomas", "Priya", "Kwame", "Sofia", "Ivan")
 LAST = ("Okafor", "Lindqvist", "Moreau", "Nakamura", "Reyes", "Schmidt", "Haddad", "Kowalski")
 NAMES = [f"{f} {last}{n or ''}" for n in range(40) for f in FIRST for last in LAST]
+KEY = "consent.contact_initiated"
+# The texts of a seeded conversation: inbound?, to, body, status, disposition, and
+# its evidence entry's note (the text's key, for the bot's own texts).
+TEXTS = [
+    (True, "line", "Hi, is this the plumber?", "received", "released", "held"),
+    (False, "contact", "[Auto Message] Please reply YES", "delivered", None, f"{KEY}.to_contact"),
+    (False, "cell", "[Auto Message] A contact wrote", "delivered", None, f"{KEY}.to_employee"),
+    (True, "line", "YES", "received", "answered", "answered"),
+    (False, "contact", "[Auto Message] Opted in", "delivered", None, f"{KEY}.opted_in.to_contact"),
+    (False, "cell", "[Auto Message] Opted in", "delivered", None, f"{KEY}.opted_in.to_employee"),
+    (False, "cell", "+1…: Hi, is this the plumber?", "delivered", None, "relay"),
+]
 
 
 # -- seeding ---------------------------------------------------------------------------
@@ -60,44 +72,8 @@ def conversation_rows(n: int, total: int, stamp):
     _, cell, line = common.LINES[n % len(common.LINES)]
     contact, ref = common.contact_number(n), f"{n:011x}"
     start = START + SPAN * n / total
-    key = "consent.contact_initiated"
-    texts = [  # inbound?, to, body, status, disposition, note (a text key, for the bot's)
-        (True, line, "Hi, is this the plumber?", "received", "released", "held"),
-        (
-            False,
-            contact,
-            "[Auto Message] You are trying to reach…",
-            "delivered",
-            None,
-            f"{key}.to_contact",
-        ),
-        (
-            False,
-            cell,
-            "[Auto Message] A contact has attempted…",
-            "delivered",
-            None,
-            f"{key}.to_employee",
-        ),
-        (True, line, "YES", "received", "answered", "answered"),
-        (
-            False,
-            contact,
-            "[Auto Message] Opt in confirmed.",
-            "delivered",
-            None,
-            f"{key}.opted_in.to_contact",
-        ),
-        (
-            False,
-            cell,
-            "[Auto Message] Your Contact has opted in.",
-            "delivered",
-            None,
-            f"{key}.opted_in.to_employee",
-        ),
-        (False, cell, f"{contact}: Hi, is this the plumber?", "delivered", None, "relay"),
-    ]
+    to = {"line": line, "contact": contact, "cell": cell}
+    texts = [(inbound, to[who], body, *rest) for inbound, who, body, *rest in TEXTS]
     messages, entries, head = [], [], GENESIS
 
     def record(at, **fields):
@@ -332,6 +308,12 @@ def latency(small: str, large: str, conversations: int, blocks: int, per_block: 
             "large": stack.enter_context(common.gunicorn("wsgi:app", common.app_env(large))),
         }
         fresh = iter(range(500_000_000, 600_000_000))
+        for base in bases.values():  # warm: the first requests of a worker pay for imports
+            warm = [
+                signer.webhook("warm", common.contact_number(next(fresh)), line, "Hi")
+                for _, _, line in common.LINES * 4
+            ]
+            load.closed_loop(base, [warm], 1, cap=60)
         for block in range(blocks * 2):
             db = ("small", "large")[block % 2]
             size = 1000 if db == "small" else conversations

@@ -62,10 +62,14 @@ def canonical(value: Any) -> Any:
     return value
 
 
+# What ``json.dumps(payload, ensure_ascii=False, separators=(",", ":"))`` writes, with
+# the encoder it would build for each call built once (verify seals millions).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _seal(prev_hash: str, payload: list[Any]) -> str:
     """SHA-256 over the previous hash and ``payload`` (canonical values) as compact JSON."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256((prev_hash + text).encode()).hexdigest()
+    return hashlib.sha256((prev_hash + _JSON.encode(payload)).encode()).hexdigest()
 
 
 def digest(line: str, contact: str, prev_hash: str, values: dict[str, Any]) -> str:
@@ -112,6 +116,8 @@ class Report:
 def _stored_time(value: Any) -> str:
     """created_at as stored (SQLite: naive UTC text; Postgres: aware) in canonical form."""
     if isinstance(value, str):
+        if len(value) == 26 and value[10] == " ":  # SQLAlchemy's SQLite form: UTC, microseconds
+            return f"{value[:10]}T{value[11:]}Z"
         parsed = datetime.fromisoformat(value)
         value = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return canonical(value)

@@ -362,6 +362,10 @@ def test_times_hash_in_the_form_existing_chains_were_sealed_with():
     for moment in moments:
         assert canonical(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert canonical(moments[3]) == "2026-06-01T16:00:00.000005Z"
+    # As SQLite keeps them (naive UTC text) and as Postgres gives them back: the same form.
+    for moment in moments:
+        stored = moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        assert evidence._stored_time(stored) == canonical(moment) == evidence._stored_time(moment)
 
 
 def test_the_canonical_form_of_an_entry_does_not_drift():
