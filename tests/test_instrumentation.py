@@ -54,7 +54,14 @@ def test_an_engine_listener_sees_every_statement_of_a_webhook(app, twilio, emplo
         assert table in tables
     if traced:
         # SQLite traces each row of an executemany; the listener sees the statement once.
-        run = [s for s in traced if s.split()[0] not in ("COMMIT", "ROLLBACK", "PRAGMA")]
+        # SQLite's triggers keep the contacts' search index (migration 0007): their
+        # statements are SQLite's own, run inside the INSERT that fired them.
+        run = [
+            s
+            for s in traced
+            if s.split()[0] not in ("COMMIT", "ROLLBACK", "PRAGMA", "--")
+            and "conversation_search" not in s
+        ]
         assert _collapsed(run) == _collapsed(before)
 
 
