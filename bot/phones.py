@@ -28,14 +28,6 @@ def to_e164(text: str, region: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def to_address(text: str, region: str) -> str:
-    """Parse a typed contact address: a number, or ``whatsapp:`` and a number."""
-    raw = (text or "").strip()
-    if raw.lower().startswith(WHATSAPP):
-        return WHATSAPP + to_e164(raw[len(WHATSAPP) :], region)
-    return to_e164(raw, region)
-
-
 def channel_of(address: str) -> Channel:
     return Channel.WHATSAPP if address.lower().startswith(WHATSAPP) else Channel.SMS
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot import consent, evidence, keywords, phones, texts, twiml, writer_lock
 from bot import settings as org_settings
-from bot.consent import Channel, Disposition, Role
+from bot.consent import Disposition, Role
 from bot.extensions import db
 from bot.models import (
     GENESIS,
@@ -66,10 +66,6 @@ class Inbound:
     idempotency_token: str | None = None
     signature_valid: bool | None = True
     recovered: bool = False
-
-    @property
-    def channel(self) -> Channel:
-        return phones.channel_of(self.to)
 
     @functools.cached_property
     def media_json(self) -> str:
@@ -148,7 +144,7 @@ def handle_inbound(inbound: Inbound, now: datetime, status_url: str) -> str:
             turn.carry_out(decision)  # persist: the texts, state and evidence it makes
             # Rendered before the commit: the answer is kept with the inbound text,
             # so a repeated MessageSid gets it back without being decided again.
-            answer = twiml.render(turn.outgoing, inbound.sender, inbound.channel, status_url)
+            answer = twiml.render(turn.outgoing, inbound.sender, inbound.to, status_url)
             turn.save(answer)  # one INSERT per table, one UPDATE of the conversation
         return answer
     except IntegrityError:
@@ -208,13 +204,7 @@ class Line:
 
 
 LineEmployee = namedtuple("LineEmployee", "id name cell line mode")
-_EMPLOYEE_COLUMNS = (
-    employees.c.id,
-    employees.c.name,
-    employees.c.cell,
-    employees.c.line,
-    employees.c.mode,
-)
+_EMPLOYEE_COLUMNS = [employees.c[name] for name in LineEmployee._fields]
 # The line's active employee, once for each saved setting (once, with NULLs, if none is
 # saved): who owns the line and the settings in force, in one statement.
 _LINE = (
@@ -333,11 +323,10 @@ def lock(conn: Connection, inbound: Inbound, now: datetime) -> "Turn":
     if employee is None or phones.bare(inbound.sender) != employee.cell:
         conv = lock_conversation(conn, line.number, inbound.sender, now)
         classified = keywords.classify(inbound.body, inbound.opt_out_type)
-        if employee is None:
-            method = "sms to an inactive line"
-            return Turn(conn, now, line, conv, inbound, Role.CONTACT, classified, method=method)
-        conv.addressed_at = now
-        return Turn(conn, now, line, conv, inbound, Role.CONTACT, classified)
+        if employee is not None:
+            conv.addressed_at = now
+        method = "sms" if employee else "sms to an inactive line"
+        return Turn(conn, now, line, conv, inbound, Role.CONTACT, classified, method=method)
     if conn.dialect.name == "postgresql":  # SQLite's write lock is held already
         conn.execute(_LOCK_EMPLOYEE, {"id": employee.id})
     text = employee_text(inbound)
@@ -644,19 +633,10 @@ _HELD = (
 
 # -- status callbacks ------------------------------------------------------------------
 
-STATUS_RANK = {
-    "accepted": 1,
-    "scheduled": 1,
-    "queued": 2,
-    "sending": 3,
-    "sent": 4,
-    "delivered": 5,
-    "undelivered": 5,
-    "failed": 5,
-    "canceled": 5,
-    "partially_delivered": 5,
-    "read": 6,
-}
+# How far a text has got: a status callback only moves it further (they come late, twice).
+FINAL = ("delivered", "undelivered", "failed", "canceled", "partially_delivered")
+STATUS_RANK = {"accepted": 1, "scheduled": 1, "queued": 2, "sending": 3, "sent": 4, "read": 6}
+STATUS_RANK |= dict.fromkeys(FINAL, 5)
 
 _OUTBOUND = select(messages).where(messages.c.direction == Direction.OUTBOUND)
 
@@ -712,10 +692,9 @@ def _apply_status(conn, conv, message, sid, status, error, now, signature_valid)
         )
         message |= changes
     if moved:
-        decision = consent.delivery_failed(conv.facts, error, message["recipient"] == conv.contact)
-        if decision.events:
-            turn.line = read_line(conn, phones.bare(conv.line))
-            turn.carry_out(decision, "twilio_error_21610", cause=message)
+        to_contact = message["recipient"] == conv.contact
+        decision = consent.delivery_failed(conv.facts, error, to_contact)
+        _elsewhere(turn, decision, "twilio_error_21610", cause=message)
     if turn.entries:
         turn.save()
 
@@ -727,14 +706,15 @@ def record_opt_out(conversation_id: int, admin: str, method: str, note: str, now
     """An admin records an opt-out received another way; it takes effect at once."""
     with transaction() as conn:
         turn = Turn(conn, now, None, _lock_by_id(conn, conversation_id))
-        changed = _opt_out_elsewhere(turn, method, admin=admin, note=note or None)
-        if changed:
+        decision = consent.opt_out_elsewhere(turn.conv.facts)
+        if changed := _elsewhere(turn, decision, method, admin=admin, note=note or None):
             turn.save()
     return changed
 
 
-def _opt_out_elsewhere(turn: Turn, method: str, **details) -> bool:
-    decision = consent.opt_out_elsewhere(turn.conv.facts)
+def _elsewhere(turn: Turn, decision: consent.Decision, method: str, **details) -> bool:
+    """A decision about a text that did not come in (a failed send, the portal), carried
+    out; whether it changed anything."""
     if not decision.events:
         return False
     turn.line = read_line(turn.conn, phones.bare(turn.conv.line))
@@ -769,6 +749,7 @@ def review_hint(
             note=reason or None,
         )
         if opted_out:
-            _opt_out_elsewhere(turn, method, cause=message, admin=admin, note=reason or None)
+            decision = consent.opt_out_elsewhere(turn.conv.facts)
+            _elsewhere(turn, decision, method, cause=message, admin=admin, note=reason or None)
         turn.save()
     return True

@@ -7,7 +7,6 @@ from urllib.parse import quote
 from twilio.twiml.messaging_response import Message, MessagingResponse
 
 from bot import phones
-from bot.consent import Channel
 
 EMPTY = str(MessagingResponse())
 
@@ -17,8 +16,8 @@ def status_callback(base: str, ref: str) -> str:
     return f"{base}?ref={quote(ref)}"
 
 
-def render(outgoing: Iterable[Mapping], reply_to: str, channel: Channel, status_base: str) -> str:
-    """The answer to a webhook from ``reply_to`` received on ``channel``.
+def render(outgoing: Iterable[Mapping], reply_to: str, received_at: str, status_base: str) -> str:
+    """The answer to a webhook from ``reply_to`` received at the address ``received_at``.
 
     ``outgoing`` holds the ``messages`` rows of the texts to send, in order. A
     reply to the sender has no ``to``; a text to anyone else has one, and a
@@ -31,7 +30,7 @@ def render(outgoing: Iterable[Mapping], reply_to: str, channel: Channel, status_
         attributes = {"status_callback": status_callback(status_base, text["ref"])}
         if recipient != reply_to:
             attributes["to"] = recipient
-            if phones.channel_of(recipient) is not channel:
+            if phones.channel_of(recipient) is not phones.channel_of(received_at):
                 attributes["from_"] = text["sender"]
         media = json.loads(text["media_json"] or "[]")
         if not media:

@@ -11,7 +11,6 @@ from bot.phones import (
     leading_address,
     on_channel,
     readable,
-    to_address,
     to_e164,
 )
 
@@ -65,27 +64,6 @@ def test_to_e164_rejects_what_is_not_a_valid_number(typed, region):
 
 def test_invalid_number_is_a_value_error():
     assert issubclass(InvalidNumber, ValueError)
-
-
-@pytest.mark.parametrize(
-    ("typed", "expected"),
-    [
-        ("(415) 555-0123", NUMBER),
-        ("+14155550123", NUMBER),
-        ("whatsapp:+14155550123", WA),
-        ("whatsapp:(415) 555-0123", WA),
-        ("WhatsApp:+1 415 555 0123", WA),
-        ("  whatsapp:4155550123 ", WA),
-    ],
-)
-def test_to_address(typed, expected):
-    assert to_address(typed, "US") == expected
-
-
-@pytest.mark.parametrize("typed", ["whatsapp:+15551234567", "whatsapp:", "whatsapp:hello"])
-def test_to_address_rejects_an_invalid_whatsapp_number(typed):
-    with pytest.raises(InvalidNumber):
-        to_address(typed, "US")
 
 
 @pytest.mark.parametrize(
