@@ -13,6 +13,7 @@ Long reads (the portal's pages, ``audit export``, ``audit verify``) call
 without taking the write lock.
 """
 
+import logging
 import os
 import sqlite3
 
@@ -24,10 +25,29 @@ from bot.extensions import db
 READ_ONLY = "consentline_read_only"  # execution option: this transaction only reads
 
 
+class PipelineAbortedNoise(logging.Filter):
+    """Drop psycopg's warning about the pipeline an error aborted.
+
+    A turn's rows go to Postgres as one executemany, which psycopg sends as a
+    pipeline; when a row fails (a repeated MessageSid on its unique index) the
+    error is raised and handled (the stored answer is replayed), and psycopg also
+    logs that it could not end the aborted pipeline: a second line for one event.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import psycopg
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, psycopg.errors.PipelineAborted) for arg in args)
+
+
 def engine_options(uri: str, config, options: dict) -> dict:
     """The engine's options: on Postgres, timeouts that keep a webhook within Twilio's wait."""
     options = dict(options)
     if uri.startswith("postgresql"):
+        psycopg_log = logging.getLogger("psycopg")
+        if not any(isinstance(f, PipelineAbortedNoise) for f in psycopg_log.filters):
+            psycopg_log.addFilter(PipelineAbortedNoise())
         connect_args = {"connect_timeout": 5}
         if not os.environ.get("FLASK_RUN_FROM_CLI"):
             # The web answers within Twilio's 15-second wait rather than hang past

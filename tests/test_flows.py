@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from bot import texts
 from bot.extensions import db
 from bot.models import Attestation, Conversation, Disposition, Message, RecordKind
-from support import CELL, CONTACT, LINE, OTHER, Twilio, bodies
+from support import CELL, CONTACT, LINE, OTHER, Twilio, bodies, parse_twiml
 
 D = texts.DEFAULTS
 ALICE = {"employee_name": "Alice", "company_name": "Acme Plumbing"}
@@ -375,6 +375,20 @@ def test_repeated_message_sid_changes_nothing_and_gets_the_same_twiml(app, clien
     with app.app_context():
         assert db.session.execute(select(db.func.count(Message.id))).scalar() == 3
     assert conversation(app).chain_length == 4
+
+
+def test_a_repeat_that_would_write_many_rows_is_refused_quietly(app, client, employee, caplog):
+    """The repeat of a YES that released texts fails on the unique index with its rows
+    (one executemany, a pipeline on Postgres): handled, and no warning about it."""
+    twilio = Twilio(client)
+    twilio.sms(CONTACT, "Hi")
+    params = {"MessageSid": "SM" + "9" * 32, "From": CONTACT, "To": LINE, "Body": "YES"}
+    first = twilio.post("/twilio/sms", params)
+    with caplog.at_level("WARNING"):
+        again = twilio.post("/twilio/sms", params)
+    assert again.status_code == 200 and again.data == first.data
+    assert len(parse_twiml(first.data)) == 3  # both confirmations and the held text
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 def test_status_callbacks_move_forward_only(app, twilio, employee):
