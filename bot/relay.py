@@ -369,6 +369,9 @@ def decide(turn: "Turn") -> consent.Decision:
 # -- carrying a decision out -----------------------------------------------------------
 
 
+# The columns of a text that its evidence entry keeps too, as they are in its row.
+_EVIDENCE_OF_A_TEXT = ("direction", "sender", "recipient", "body", "media_json", "twilio_sid")
+_EVIDENCE_OF_A_TEXT += ("status", "signature_valid")
 # A ``messages`` row with every column set, so a turn's rows go in one INSERT.
 _MESSAGE = dict.fromkeys((c.key for c in messages.c if c.key != "id"), None) | {
     "hint": False,
@@ -417,11 +420,14 @@ class Turn:
         """Add an entry to the conversation's evidence chain."""
         self.entries.append(evidence.entry(self.conv, created_at=self.now, **fields))
 
-    def _row(self, **fields) -> dict:
+    def _text(self, note: str | None, **fields) -> dict:
+        """A text in or out: its ``messages`` row, and its evidence entry (with ``note``)."""
         row = _MESSAGE | fields
         row |= {"ref": new_ref(), "conversation_id": self.conv.id, "line": self.conv.line}
         row |= {"created_at": self.now, "updated_at": self.now}
         self.messages.append(row)
+        as_sent = {name: row[name] for name in _EVIDENCE_OF_A_TEXT}
+        self.record(kind=RecordKind.MESSAGE, message_ref=row["ref"], note=note, **as_sent)
         return row
 
     def receive(self, disposition: Disposition) -> None:
@@ -430,7 +436,9 @@ class Turn:
         relay_body = self.route.body if self.route else None
         # A revocation hint is flagged for the employee's copy and the portal's review.
         hint = self.classified.hint and self.line.employee is not None
-        self.message = self._row(
+        note = disposition.value + (" (recovered)" if inbound.recovered else "")
+        self.message = self._text(
+            note,
             direction=Direction.INBOUND,
             author=self.author,
             sender=inbound.sender,
@@ -445,19 +453,6 @@ class Turn:
             hint=hint,
             recovered=inbound.recovered,
             signature_valid=inbound.signature_valid,
-        )
-        self.record(
-            kind=RecordKind.MESSAGE,
-            message_ref=self.message["ref"],
-            direction=Direction.INBOUND,
-            sender=inbound.sender,
-            recipient=inbound.to,
-            body=inbound.body,
-            media_json=self.message["media_json"],
-            twilio_sid=inbound.sid,
-            status=RECEIVED,
-            signature_valid=inbound.signature_valid,
-            note=disposition.value + (" (recovered)" if inbound.recovered else ""),
         )
 
     def carry_out(
@@ -557,7 +552,9 @@ class Turn:
         media = source["media_json"] if source else "[]"
         parts = texts.split(body) if isinstance(body, str) else [sendable(p) for p in body]
         for number, part in enumerate(parts):
-            row = self._row(
+            note = text_key or ("relay of " + source["ref"] if source else None)
+            row = self._text(
+                note,
                 direction=Direction.OUTBOUND,
                 author=source["author"] if source else None,
                 sender=sender,
@@ -569,23 +566,12 @@ class Turn:
                 source_ref=source["ref"] if source else None,
             )
             self.outgoing.append(row)
-            self.record(
-                kind=RecordKind.MESSAGE,
-                message_ref=row["ref"],
-                direction=Direction.OUTBOUND,
-                sender=sender,
-                recipient=recipient,
-                body=part,
-                media_json=row["media_json"],
-                status=QUEUED,
-                note=text_key or ("relay of " + source["ref"] if source else None),
-            )
 
     def save(self, answer: str | None = None) -> None:
         """Write the turn: one INSERT per table, the conversation, the held texts' fate.
 
-        The rows of a table go as one multi-row INSERT (SQLAlchemy's
-        insertmanyvalues, which it uses for an INSERT … RETURNING of many rows).
+        The rows of a table go as one executemany: one round trip on Postgres
+        (psycopg's pipeline), one statement prepared once on both databases.
         """
         conn, conv, now = self.conn, self.conv, self.now
         if self.message is not None:
@@ -594,28 +580,17 @@ class Turn:
             conn.execute(_INSERT_MESSAGES, self.messages)
         if self.entries:
             conn.execute(_INSERT_ENTRIES, self.entries)
-        conn.execute(
-            _SAVE_CONVERSATION,
-            {
-                "conv_id": conv.id,
-                "state": conv.state,
-                "initiator": conv.initiator,
-                "last_request_at": conv.last_request_at,
-                "twilio_opt_out": conv.twilio_opt_out,
-                "addressed_at": conv.addressed_at,
-                "chain_head": conv.chain_head,
-                "chain_length": conv.chain_length,
-                "updated_at": now,
-            },
-        )
+        changed = {name: getattr(conv, name) for name in _CHANGING}
+        conn.execute(_SAVE_CONVERSATION, changed | {"conv_id": conv.id, "updated_at": now})
         for disposition, ids in self.disposed.items():
             conn.execute(_DISPOSE, {"ids": ids, "disposition": disposition, "updated_at": now})
 
 
-# RETURNING makes SQLAlchemy send a turn's rows as one multi-row INSERT (insertmanyvalues).
 _INSERT_MESSAGES = insert(messages)
 _INSERT_ENTRIES = insert(attestations)
-# The columns to SET are those named in the parameters.
+# What a turn changes of its conversation: the columns SET (those named in the parameters).
+_CHANGING = ("state", "initiator", "last_request_at", "twilio_opt_out", "addressed_at")
+_CHANGING += ("chain_head", "chain_length")
 _SAVE_CONVERSATION = update(conversations).where(conversations.c.id == bindparam("conv_id"))
 _DISPOSE = update(messages).where(messages.c.id.in_(bindparam("ids", expanding=True)))
 
