@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from bench import common, load
 
@@ -399,7 +400,7 @@ def portal(url: str, conversations: int, loads: int) -> dict:
         "conv_id": n + 1,
         "line": common.LINES[0][2],
         "day": (START + SPAN / 2).strftime("%Y-%m-%d"),
-        "deep": conversations * 7 // 50,  # a tenth of the way from the oldest text
+        "deep": quote(f"{(START + SPAN / 10).isoformat()}~{conversations * 7 // 10 + 1}"),
     }
     out = {}
     for name, path in PAGES.items():
@@ -417,6 +418,8 @@ def portal(url: str, conversations: int, loads: int) -> dict:
             times.append(time.perf_counter() - started)
             if response.status_code != 200:
                 raise RuntimeError(f"{url_path} answered {response.status_code}")
+            if "deep" in name and b'rel="prev"' not in response.data:
+                raise RuntimeError(f"{url_path} is not a page deep in the log")
         ordered = sorted(times[1:])
         out[name] = {
             "path": url_path,

@@ -48,12 +48,16 @@ def engine_options(uri: str, config, options: dict) -> dict:
         psycopg_log = logging.getLogger("psycopg")
         if not any(isinstance(f, PipelineAbortedNoise) for f in psycopg_log.filters):
             psycopg_log.addFilter(PipelineAbortedNoise())
-        connect_args = {"connect_timeout": 5}
+        # No JIT: Postgres compiles a plan it costs high (the portal's CSV download,
+        # which runs as a cursor over the whole log) before its first row, 100-200 ms
+        # that the page waits for, and a query of this app never runs long enough to
+        # gain it back.
+        connect_args = {"connect_timeout": 5, "options": "-c jit=off"}
         if not os.environ.get("FLASK_RUN_FROM_CLI"):
             # The web answers within Twilio's 15-second wait rather than hang past
             # it; commands (migrations, exports) may take as long as they need.
             busy = config["DATABASE_BUSY_TIMEOUT"] * 1000
-            connect_args["options"] = f"-c lock_timeout={busy} -c statement_timeout={busy + 2000}"
+            connect_args["options"] += f" -c lock_timeout={busy} -c statement_timeout={busy + 2000}"
         options.setdefault("connect_args", connect_args)
     return options
 
