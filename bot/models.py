@@ -184,7 +184,6 @@ class Message(Timestamps, db.Model):
         # The portal: the log newest first (by key, filtered by date), and the short
         # lists of revocation hints to review and of failed texts.
         Index("ix_messages_created_at_id", "created_at", "id"),
-        Index("ix_messages_line_created_at_id", "line", "created_at", "id"),
         Index(
             "ix_messages_pending_hints",
             "id",

@@ -6,9 +6,9 @@ What each serves (docs/performance.md has the figures at a million conversations
 - conversations (contact): a contact searched by its whole number;
 - conversations (state): the dashboard's count by state, from the index alone;
 - messages (created_at, id): the log, newest first, paged by key and filtered by date;
-- messages.line, a new column (the line's number, as on its conversation), and
-  (line, created_at, id): the log of one line, newest first, without a join that
-  SQLite's planner would otherwise run from the line's every conversation;
+- messages.line, a new column (the line's number, as on its conversation): the log
+  of one line, newest first, read along (created_at, id) without the join that
+  SQLite's planner would otherwise run from every conversation of the line;
 - messages (id) of the revocation hints not reviewed yet, and of the failed texts:
   the dashboard's and the contacts page's short lists, without a scan of the log;
 - a search of numbers and names by any part of them: Postgres's pg_trgm (GIN
@@ -41,7 +41,6 @@ PLAIN = [
     ('ix_conversations_contact', 'conversations', ['contact'], None),
     ('ix_conversations_state', 'conversations', ['state'], None),
     ('ix_messages_created_at_id', 'messages', ['created_at', 'id'], None),
-    ('ix_messages_line_created_at_id', 'messages', ['line', 'created_at', 'id'], None),
     ('ix_messages_pending_hints', 'messages', ['id'], HINTS),
     ('ix_messages_failed', 'messages', ['id'], {'sqlite': FAILED, 'postgresql': FAILED}),
 ]
