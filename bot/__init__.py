@@ -88,4 +88,4 @@ def register_commands(app: Flask) -> None:
 def register_errors(app: Flask) -> None:
     from bot import webhooks
 
-    webhooks.register_errors(app)
+    webhooks.register(app)

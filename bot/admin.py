@@ -22,8 +22,8 @@ from flask import (
 from sqlalchemy import DateTime, bindparam, column, func, or_, select, table, tuple_
 from sqlalchemy.orm import contains_eager
 
+from bot import bundle, evidence, ledger, phones, relay, texts
 from bot import employees as staff
-from bot import evidence, phones, relay, texts
 from bot import settings as org_settings
 from bot.auth import current_admin, login_required
 from bot.consent import State
@@ -193,6 +193,8 @@ def dashboard():
         recent=recent,
         hints=hints,
         failures=failures,
+        evidence=ledger.status(),
+        action_form=ActionForm(),
     )
 
 
@@ -614,10 +616,45 @@ def log_csv():
     )
 
 
+@bp.get("/contacts/<int:conversation_id>/evidence.zip")
+def conversation_bundle(conversation_id: int):
+    conv = db.session.get(Conversation, conversation_id) or abort(404)
+    out = io.BytesIO()
+    bundle.build(phones.bare(conv.contact), conv.line, out)
+    stamp = utcnow().strftime("%Y%m%d")
+    name = f"evidence-{phones.bare(conv.contact).lstrip('+')}-{stamp}.zip"
+    return Response(
+        out.getvalue(),
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@bp.post("/evidence/checkpoint")
+def evidence_checkpoint():
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    key = ledger.signer()
+    if key is None:
+        flash("Evidence is unsigned: set EVIDENCE_SIGNING_KEY (flask audit keygen).", "error")
+        return redirect(url_for("admin.dashboard"))
+    try:
+        record, new = ledger.checkpoint(key)
+    except ledger.Refused as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.dashboard"))
+    if new:
+        flash(f"Checkpoint {record.id} signed: {record.size} records.", "info")
+    else:
+        flash(f"Nothing new since checkpoint {record.id}.", "info")
+    return redirect(url_for("admin.dashboard"))
+
+
 @bp.post("/log/verify")
 def log_verify():
     if not ActionForm().validate_on_submit():
         abort(400)
     db.session.rollback()
     report = evidence.verify()
+    ledger.record_verify(report)
     return render_template("admin/verify.html", report=report)

@@ -1,22 +1,24 @@
 """Command line (SPEC §9): thin Click commands over plain functions."""
 
 import os
+import socket
 import stat
 import sys
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from bot import auth, evidence, phones, reconcile
+from bot import auth, bundle, evidence, ledger, notes, phones, reconcile
 from bot import employees as staff
 from bot import settings as org_settings
 from bot.extensions import db
 
 employees_cli = AppGroup("employees", help="Employees and their lines.")
 settings_cli = AppGroup("settings", help="Company name, default mode and texts.")
-audit_cli = AppGroup("audit", help="The attestation log: export and verify.")
+audit_cli = AppGroup("audit", help="The evidence log: verify, checkpoints, bundles, export.")
 
 admins_cli = AppGroup("admins", help="Portal sign-ins.")
 twilio_cli = AppGroup("twilio", help="Twilio's side: recover texts whose webhook failed.")
@@ -167,15 +169,83 @@ def settle(out) -> None:
 
 
 @audit_cli.command("verify")
-def audit_verify():
-    """Recompute every hash chain; exit non-zero naming each broken conversation."""
-    report = evidence.verify()
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A signed checkpoint kept elsewhere (a witness's copy); may be given again.",
+)
+def audit_verify(checkpoints):
+    """Check the whole log: chains, Merkle tree, checkpoints, and what the portal shows."""
+    report = evidence.verify(checkpoint_files=checkpoints)
+    ledger.record_verify(report)
     for broken in report.broken:
         click.echo(f"BROKEN line {broken.line} contact {broken.contact}: {broken.reason}", err=True)
-    summary = f"{report.conversations} conversations, {report.entries} entries"
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    summary = (
+        f"{report.conversations} conversations, {report.entries} entries, "
+        f"{report.leaves} in the Merkle tree, {report.checkpoints} signed checkpoints"
+    )
     if not report.ok:
-        raise click.ClickException(f"{len(report.broken)} broken chain(s) in {summary}")
-    click.echo(f"OK: every chain intact ({summary})")
+        raise click.ClickException(f"{len(report.broken)} problem(s) in {summary}")
+    click.echo(f"OK: the log is intact ({summary})")
+
+
+@audit_cli.command("keygen")
+def audit_keygen():
+    """Print a new Ed25519 key pair for checkpoints, as two lines for .env."""
+    config = current_app.config
+    host = urlsplit(config["PUBLIC_BASE_URL"] or "").hostname or socket.gethostname()
+    key = notes.generate(ledger.origin_name(org_settings.current().company_name, host))
+    click.echo(f"EVIDENCE_SIGNING_KEY={key}")
+    click.echo(f"EVIDENCE_PUBLIC_KEY={key.verifier}")
+
+
+@audit_cli.command("checkpoint")
+def audit_checkpoint():
+    """Sign the log as it is now and hand it to the witnesses; print the checkpoint."""
+    key = ledger.signer()
+    if key is None:
+        raise click.ClickException(
+            "EVIDENCE_SIGNING_KEY is not set: evidence is unsigned (`audit keygen` makes a key)"
+        )
+    try:
+        record, new = ledger.checkpoint(key)
+    except ledger.Refused as exc:
+        _fail(exc)
+    if not new:
+        click.echo("nothing new since the last checkpoint:", err=True)
+    click.echo(record.note, nl=False)
+    failing = ledger.deliver(force=True)
+    for copy in failing:
+        click.echo(
+            f"witness {copy.witness} failed ({copy.attempts} tries): {copy.last_error}", err=True
+        )
+    if failing:
+        raise click.ClickException(
+            f"{len(failing)} witness copies not delivered; tried again later"
+        )
+
+
+@audit_cli.command("sequence")
+def audit_sequence():
+    """Place every committed entry in the Merkle tree now (webhooks do it as they go)."""
+    click.echo(f"{ledger.sequence()} entries placed")
+
+
+@audit_cli.command("bundle")
+@click.argument("contact")
+@click.option("--line", default=None, help="Only this line's conversation with the contact.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, writable=True))
+def audit_bundle(contact, line, out_path):
+    """One contact's evidence as a zip a court can check offline (SPEC §10)."""
+    try:
+        summary = bundle.write(contact, line, out_path)
+    except bundle.BundleError as exc:
+        _fail(exc)
+    click.echo(summary)
 
 
 @admins_cli.command("create")

@@ -6,6 +6,7 @@ from typing import Any
 
 import phonenumbers
 
+from bot import notes
 from bot.consent import Mode
 
 
@@ -40,6 +41,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
     return value
+
+
+def _key(env: Mapping[str, str], name: str, parse) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        parse(raw)
+    except notes.NoteError as exc:
+        raise ConfigError(f"{name}: {exc} (`flask --app app audit keygen` prints a pair)") from None
+    return raw
 
 
 def database_url(raw: str | None, instance_path: str) -> str:
@@ -82,6 +94,12 @@ def load(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 256 * 1024, minimum=1024),
         # How long a webhook waits for a busy database before answering 503.
         "DATABASE_BUSY_TIMEOUT": _int(env, "DATABASE_BUSY_TIMEOUT", 10, minimum=1),
+        # The evidence log's checkpoints and witnesses (SPEC §10, docs/evidence.md).
+        "EVIDENCE_SIGNING_KEY": _key(env, "EVIDENCE_SIGNING_KEY", notes.parse_signer),
+        "EVIDENCE_PUBLIC_KEY": _key(env, "EVIDENCE_PUBLIC_KEY", notes.parse_verifier),
+        "EVIDENCE_WITNESS_DIR": (env.get("EVIDENCE_WITNESS_DIR") or "").strip() or None,
+        "EVIDENCE_WITNESS_EMAIL": (env.get("EVIDENCE_WITNESS_EMAIL") or "").strip() or None,
+        "SMTP_URL": (env.get("SMTP_URL") or "").strip() or None,
         "DEBUG": debug,
         # OWASP's scrypt cost (N=2^17, r=8, p=1); see bot.auth.
         "PASSWORD_HASH_METHOD": "scrypt:131072:8:1",

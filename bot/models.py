@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -267,6 +269,87 @@ class Attestation(db.Model):
     note: Mapped[str | None] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The Merkle log (bot/ledger.py): random bytes in the leaf, so a proof shows no
+    # neighbour's content; the leaf's place, given once by the sequencer.
+    salt: Mapped[str | None] = mapped_column(String(32))
+    leaf_index: Mapped[int | None] = mapped_column(BigInteger)
+
+
+Index("uq_attestations_leaf_index", Attestation.leaf_index, unique=True)
+# The entries the sequencer has still to place in the tree: a short partial index.
+Index(
+    "ix_attestations_unsequenced",
+    Attestation.id,
+    sqlite_where=text("leaf_index IS NULL"),
+    postgresql_where=text("leaf_index IS NULL"),
+)
+
+
+class TreeHead(db.Model):
+    """The Merkle tree over every evidence entry: its size and root (one row)."""
+
+    __tablename__ = "evidence_tree"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TreeNode(db.Model):
+    """A complete subtree's hash: level 0 the leaves, level k the 2**k leaves from
+    ``position * 2**k``. Proofs are made of these."""
+
+    __tablename__ = "evidence_tree_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class CheckpointRecord(db.Model):
+    """A signed checkpoint (C2SP tlog-checkpoint), as it was handed to the witnesses."""
+
+    __tablename__ = "evidence_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    copies: Mapped[list["WitnessCopy"]] = relationship(
+        back_populates="checkpoint", order_by="WitnessCopy.id"
+    )
+
+
+class VerifyRun(db.Model):
+    """A run of ``audit verify`` (the dashboard warns when none passed for a day)."""
+
+    __tablename__ = "evidence_verify_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    entries: Mapped[int] = mapped_column(BigInteger)
+    problems: Mapped[int] = mapped_column(Integer)
+
+
+class WitnessCopy(db.Model):
+    """A checkpoint handed to one witness (a directory, a mail address), or still to be."""
+
+    __tablename__ = "evidence_witness_copies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("evidence_checkpoints.id"), index=True)
+    witness: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    copy: Mapped[str | None] = mapped_column(Text)  # what was delivered (the mail, as sent)
+
+    checkpoint: Mapped[CheckpointRecord] = relationship(back_populates="copies")
 
 
 class Admin(Timestamps, db.Model):

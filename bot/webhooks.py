@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from bot import relay, twiml, writer_lock
+from bot import ledger, relay, twiml, writer_lock
 from bot.extensions import db
 from bot.models import utcnow
 
@@ -108,7 +108,21 @@ def healthz():
     return {"status": "ok", "database": "ok"}
 
 
-def register_errors(app) -> None:
+def register(app) -> None:
+    """The evidence upkeep after each webhook's answer, and the answer to a failed database."""
+
+    @app.after_request
+    def upkeep_after_answer(response: Response) -> Response:
+        # Sequencing the evidence (and an hourly checkpoint) runs once the answer has
+        # gone to Twilio, on the connection's close, so no webhook waits for it.
+        if (
+            request.blueprint == bp.name
+            and request.method == "POST"
+            and response.status_code == 200
+        ):
+            response.call_on_close(functools.partial(_upkeep, app))
+        return response
+
     @app.errorhandler(SQLAlchemyError)
     @app.errorhandler(writer_lock.Busy)
     def database_failed(exc):
@@ -121,3 +135,8 @@ def register_errors(app) -> None:
         response = _xml(twiml.EMPTY, 503)
         response.headers["Retry-After"] = "1"
         return response
+
+
+def _upkeep(app) -> None:
+    with app.app_context():
+        ledger.upkeep()

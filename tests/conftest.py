@@ -1,6 +1,7 @@
 """Fixtures: the app on real SQLite and Postgres (schema built by the migrations),
 a client, a CLI runner, and a helper that signs webhooks like Twilio does."""
 
+import os
 import shutil
 
 import pytest
@@ -9,6 +10,7 @@ from sqlalchemy import create_engine, text
 from bot.extensions import db
 from support import (
     BACKENDS,
+    EMPTY_TREE,
     TABLES,
     TEST_DATABASE_URL,
     Twilio,
@@ -51,6 +53,7 @@ def database_url(request, tmp_path):
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(text(EMPTY_TREE))
     engine.dispose()
     return url
 
@@ -89,3 +92,24 @@ def employee(runner):
 @pytest.fixture
 def twilio(client):
     return Twilio(client)
+
+
+@pytest.fixture(params=BACKENDS)
+def scratch_url(request, tmp_path):
+    """An empty database of each backend that this test alone migrates up and down."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/scratch.sqlite3"
+        return
+    from bot.config import database_url
+
+    server = create_engine(database_url(TEST_DATABASE_URL, ""), isolation_level="AUTOCOMMIT")
+    name = f"consentline_migrations_{os.getpid()}"
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield str(server.url.set(database=name).render_as_string(hide_password=False))
+    finally:
+        with server.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        server.dispose()

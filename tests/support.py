@@ -37,6 +37,15 @@ TABLES = (
     "admin_sessions",
     "login_attempts",
     "admins",
+    "evidence_tree_nodes",
+    "evidence_witness_copies",
+    "evidence_checkpoints",
+    "evidence_verify_runs",
+)
+# The Merkle tree's one row, back to an empty tree (SHA-256 of nothing).
+EMPTY_TREE = (
+    "UPDATE evidence_tree SET size = 0,"
+    " root = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'"
 )
 
 

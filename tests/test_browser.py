@@ -140,4 +140,4 @@ def test_office_manager_runs_consent_from_the_browser(page, shots):
 
     # The chains verify from the browser too.
     page.get_by_role("button", name="Verify the evidence chains").click()
-    expect(page.get_by_text("Every chain is intact")).to_be_visible()
+    expect(page.get_by_text("The log is intact")).to_be_visible()

@@ -1,15 +1,12 @@
 """The migrations build exactly the models' schema (``flask db check`` is clean), and undo."""
 
-import os
-
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from bot.extensions import db, outside_the_models
-from support import BACKENDS, TEST_DATABASE_URL, make_app
+from support import make_app
 
 
 def test_models_and_migrations_agree(app):
@@ -22,27 +19,6 @@ def test_models_and_migrations_agree(app):
 def test_flask_db_check_is_clean(runner):
     result = runner.invoke(args=["db", "check"])
     assert result.exit_code == 0, result.output
-
-
-@pytest.fixture(params=BACKENDS)
-def scratch_url(request, tmp_path):
-    """An empty database of each backend that this test alone migrates up and down."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/scratch.sqlite3"
-        return
-    from bot.config import database_url
-
-    server = create_engine(database_url(TEST_DATABASE_URL, ""), isolation_level="AUTOCOMMIT")
-    name = f"consentline_migrations_{os.getpid()}"
-    with server.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield str(server.url.set(database=name).render_as_string(hide_password=False))
-    finally:
-        with server.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        server.dispose()
 
 
 def _indexes(conn) -> dict[str, str]:
