@@ -82,7 +82,7 @@ class Signer:
 
 
 def _parts(text: str, count: int) -> list[str]:
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", count - 1)  # base64 has '+' too
     if len(parts) != count or not _NAME.fullmatch(parts[-3]):
         raise NoteError("not a key in the signed-note format")
     return parts
