@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from flask import current_app, render_template
+from flask import current_app
 from sqlalchemy import select
 
 from bot import evidence, ledger, merkle, notes, phones
@@ -94,7 +94,7 @@ def build(contact: str, line: str | None, out: IO[bytes]) -> Bundle:
     rows = evidence.entries_of([c.id for c in convs])
     conn = db.session.connection()
     subtree = ledger.subtree_reader(conn)
-    timeline, records, pending = [], 0, 0
+    timeline, records, pending, manifest = [], 0, 0, {}
     for row in rows:
         data = evidence.stored_leaf(row.leaf_values)
         name = f"{row.leaf_index:012d}" if row.leaf_index is not None else f"unplaced-{row.id}"
@@ -110,7 +110,10 @@ def build(contact: str, line: str | None, out: IO[bytes]) -> Bundle:
         else:
             files[f"pending/{name}.json"] = data
             pending += 1
-        timeline.append((json.loads(data), covered))
+        record = json.loads(data)
+        timeline.append((record, covered))
+        where = f"records/{name}.json" if covered else f"pending/{name}.json"
+        manifest[where] = {k: record[k] for k in ("line", "contact", "seq", "created_at")}
     if checkpoint is not None:
         files["checkpoint.txt"] = checkpoint.note.encode()
         for copy in checkpoint.copies:
@@ -133,12 +136,13 @@ def build(contact: str, line: str | None, out: IO[bytes]) -> Bundle:
         "pending": pending,
         "origin": key.name if key else "(unsigned)",
     }
-    files["timeline.html"] = render_template(
-        "bundle/timeline.html", entries=timeline, **context
-    ).encode()
+    # The app's Jinja environment, without its request-bound context (a CLI has none).
+    page = current_app.jinja_env.get_template("bundle/timeline.html")
+    files["timeline.html"] = page.render(entries=timeline, **context).encode()
     files["README.txt"] = _filled("README.txt", context)
     files["CERTIFICATION.txt"] = _filled("CERTIFICATION.txt", context)
     files["verify.py"] = (FILES / "verify.py").read_bytes()
+    files["manifest.json"] = json.dumps(manifest, indent=1, sort_keys=True).encode()
     sums = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
     )

@@ -4,8 +4,9 @@ A webhook writes its entries with its conversation's chain and never waits on
 another conversation. The sequencer then gives committed entries their leaf
 index, in a short transaction of its own, holding the tree's one row locked
 (Postgres: ``FOR UPDATE SKIP LOCKED``, so a second sequencer simply skips;
-SQLite: the writer's turn). It runs after a webhook has answered, at most once
-a second per process, and before every checkpoint. A checkpoint signs the
+SQLite: the writer's turn). It runs in a thread of the worker half a second after
+a webhook has answered (one run for every webhook of that moment), and before
+every checkpoint. A checkpoint signs the
 tree's size and root (bot/notes.py) after checking that the tree still holds
 the last one signed, and goes to every witness; a witness that fails is tried
 again later and shown on the dashboard.
@@ -19,8 +20,9 @@ import os
 import re
 import smtplib
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -29,6 +31,7 @@ from flask import current_app
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from bot import merkle, notes, writer_lock
+from bot.database import read_only
 from bot.extensions import db
 from bot.models import (
     Attestation,
@@ -43,7 +46,6 @@ from bot.models import (
 log = logging.getLogger(__name__)
 
 BATCH = 2000  # entries per sequencer transaction
-EVERY = 1.0  # seconds between two runs of the sequencer in one process
 CHECKPOINT_EVERY = timedelta(hours=1)
 RETRY_EVERY = timedelta(minutes=5)  # a witness that failed is tried again after this
 
@@ -170,6 +172,7 @@ def latest() -> CheckpointRecord | None:
 def checkpoint(key: notes.Signer) -> tuple[CheckpointRecord, bool]:
     """Sign the tree as it is now (after sequencing what is committed); the checkpoint
     and whether it is new. The last checkpoint again when nothing was added."""
+    db.session.rollback()  # no transaction of the session's may hold SQLite's write lock
     sequence()
     with transaction() as conn:
         size = conn.execute(select(_head.c.size).with_for_update()).scalar()
@@ -299,6 +302,7 @@ def deliver(force: bool = False) -> list[WitnessCopy]:
     ``force``); each try is counted and its error kept.
     """
     now = utcnow()
+    db.session.rollback()
     pending = db.session.scalars(
         select(WitnessCopy).where(WitnessCopy.delivered_at.is_(None)).order_by(WitnessCopy.id)
     ).all()
@@ -328,36 +332,51 @@ def deliver(force: bool = False) -> list[WitnessCopy]:
 
 # -- upkeep after a webhook has answered ------------------------------------------------------
 
+DELAY = 0.5  # seconds a worker gathers answered webhooks before it sequences their entries
+
 
 @dataclass
-class _Clock:
-    sequenced: float = 0.0
-    checked: float = 0.0
+class _Upkeep:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    scheduled: bool = False
+    checked: float = float("-inf")
 
 
-_clock = _Clock()
+_upkeep = _Upkeep()
 
 
-def upkeep() -> None:
-    """After an answer has gone: sequence (at most once a second in this process), and
-    once a minute see whether an hourly checkpoint or a witness's retry is due."""
-    now = time.monotonic()
-    if now - _clock.sequenced < EVERY:
-        return
-    _clock.sequenced = now
-    try:
-        sequence(limit=BATCH * 5)
-        if now - _clock.checked >= 60:
-            _clock.checked = now
-            key = signer()
-            last = latest()
-            if key and (last is None or utcnow() - last.created_at >= CHECKPOINT_EVERY):
-                checkpoint(key)
-            else:
-                deliver()
-    except Exception:  # the answer is gone; the next webhook, or the CLI, tries again
-        log.exception("evidence upkeep failed; it is tried again after the next webhook")
-        db.session.rollback()
+def after_answer(app) -> None:
+    """Called once a webhook's answer has gone: within ``DELAY`` a thread of this worker
+    sequences every committed entry (one run for all the webhooks of that moment), and
+    once a minute sees whether an hourly checkpoint or a witness's retry is due."""
+    with _upkeep.lock:
+        if _upkeep.scheduled:
+            return
+        _upkeep.scheduled = True
+    timer = threading.Timer(DELAY, _run_upkeep, args=(app,))
+    timer.daemon = True  # a worker that stops leaves its entries to the next run anywhere
+    timer.start()
+
+
+def _run_upkeep(app) -> None:
+    with _upkeep.lock:
+        _upkeep.scheduled = False
+    with app.app_context():
+        try:
+            sequence()
+            now = time.monotonic()
+            if now - _upkeep.checked >= 60:
+                _upkeep.checked = now
+                key = signer()
+                read_only()
+                last = latest()
+                if key and (last is None or utcnow() - last.created_at >= CHECKPOINT_EVERY):
+                    checkpoint(key)
+                else:
+                    deliver()
+        except Exception:  # the next webhook, or the CLI, tries again
+            log.exception("evidence upkeep failed; it runs again after the next webhook")
+            db.session.rollback()
 
 
 def record_verify(report) -> None:

@@ -113,14 +113,14 @@ def register(app) -> None:
 
     @app.after_request
     def upkeep_after_answer(response: Response) -> Response:
-        # Sequencing the evidence (and an hourly checkpoint) runs once the answer has
-        # gone to Twilio, on the connection's close, so no webhook waits for it.
+        # The evidence is sequenced (and an hourly checkpoint made) once the answer has
+        # gone to Twilio, so no webhook waits for it.
         if (
             request.blueprint == bp.name
             and request.method == "POST"
             and response.status_code == 200
         ):
-            response.call_on_close(functools.partial(_upkeep, app))
+            response.call_on_close(functools.partial(ledger.after_answer, app))
         return response
 
     @app.errorhandler(SQLAlchemyError)
@@ -135,8 +135,3 @@ def register(app) -> None:
         response = _xml(twiml.EMPTY, 503)
         response.headers["Retry-After"] = "1"
         return response
-
-
-def _upkeep(app) -> None:
-    with app.app_context():
-        ledger.upkeep()

@@ -1,15 +1,18 @@
 """The portal (SPEC §11): sign-in, sessions, CSRF, throttling, headers, and every view."""
 
 import html
+import io
 import re
 import threading
 import time
+import zipfile
 from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select, update
 
+from bot import notes
 from bot.extensions import db
 from bot.models import Admin, AdminSession, Attestation, Conversation, Employee, Message
 from support import CELL, CONTACT, LINE, OTHER, Twilio, make_app
@@ -595,3 +598,33 @@ def test_simulator_runs_the_consent_flow(app, portal):
     assert len(sids) == 2 and all(valid for _sid, valid in sids)
     portal.post("/simulator/reset", data={"csrf_token": csrf})
     assert b"No texts yet." in portal.get("/simulator/").data
+
+
+def test_a_conversation_offers_its_evidence_as_a_bundle(portal, app):
+    with app.app_context():
+        conv_id = db.session.execute(select(Conversation.id)).scalar_one()
+    page = portal.get(f"/contacts/{conv_id}")
+    assert b"Download evidence" in page.data
+    download = portal.get(f"/contacts/{conv_id}/evidence.zip")
+    assert download.status_code == 200 and download.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(download.data)) as archive:
+        names = archive.namelist()
+        assert "verify.py" in names and "SHA256SUMS" in names
+        assert any(name.startswith("pending/") for name in names)  # no checkpoint yet
+
+
+def test_the_dashboard_says_what_protects_the_evidence(portal, app):
+    page = portal.get("/").get_data(as_text=True)
+    assert "Evidence is unsigned" in page
+    assert "has not passed verification in the last day" in page
+    verified = portal.post("/log/verify", data={"csrf_token": token(portal, "/log")})
+    assert b"The log is intact" in verified.data
+    app.config["EVIDENCE_SIGNING_KEY"] = str(notes.generate("consentline/acme/evidence"))
+    signed = portal.post(
+        "/evidence/checkpoint", data={"csrf_token": token(portal, "/")}, follow_redirects=True
+    )
+    page = signed.get_data(as_text=True)
+    assert "Checkpoint 1 signed: 4 records." in page or "Checkpoint 1 signed" in page
+    assert "Evidence is unsigned" not in page
+    assert "has not passed verification" not in page
+    assert "No checkpoint has been witnessed in the last day" in page  # no witness configured

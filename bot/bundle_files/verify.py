@@ -76,7 +76,7 @@ def unb64(text):
 
 
 def parse_key(text):
-    name, key_id, encoded = text.strip().split("+")
+    name, key_id, encoded = text.strip().split("+", 2)  # base64 has "+" too
     raw = unb64(encoded)
     if len(raw) != 33 or raw[0] != 1:
         raise ValueError("not an Ed25519 key")
@@ -146,12 +146,15 @@ def holds(data, is_mail, note):
     return any(note in part.get_content().replace("\r\n", "\n") for part in texts)
 
 
-def describe(data):
-    try:
-        record = json.loads(data)
-        return f"record {record['seq']} of line {record['line']}, contact {record['contact']}"
-    except (ValueError, KeyError, TypeError):
-        return "a record that cannot be read"
+def describe(data, listed):
+    """Which record: from the record itself, else from manifest.json."""
+    for source in (lambda: json.loads(data), lambda: listed):
+        try:
+            record = source()
+            return f"record {record['seq']} of line {record['line']}, contact {record['contact']}"
+        except (ValueError, KeyError, TypeError):
+            continue
+    return "a record that cannot be read"
 
 
 def main(where):
@@ -165,10 +168,14 @@ def main(where):
         problem("checkpoint.txt", f"cannot be checked: {exc}")
         return report()
     print(f"checkpoint: {origin}, {size} records, signed by {key[0]}")
+    try:
+        manifest = json.loads(files.get("manifest.json", b"{}"))
+    except ValueError:
+        manifest = {}
     records = sorted(n for n in files if n.startswith("records/") and n.endswith(".json"))
     for name in records:
         data = files[name]
-        who = describe(data)
+        who = describe(data, manifest.get(name) if isinstance(manifest, dict) else None)
         try:
             if canonical(data) != data:
                 problem(name, f"{who}: not in canonical form")
