@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import multiprocessing
 import os
 import random
@@ -38,7 +39,10 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import sqlalchemy
+
 from bench import common, load
+from bot import merkle
 
 UTC = dt.UTC
 START = dt.datetime(2024, 12, 1, tzinfo=UTC)
@@ -67,7 +71,8 @@ TEXTS = [
 def conversation_rows(n: int, total: int, stamp):
     """Conversation ``n`` of ``total``: its row, its messages and its evidence entries,
     as tuples in the column order of ``COLUMNS``; ``stamp`` writes a time as stored."""
-    from bot.evidence import HASHED, digest
+    from bot.evidence import HASHED, canonical, digest, leaf
+    from bot.merkle import leaf_hash
     from bot.models import GENESIS
 
     _, cell, line = common.LINES[n % len(common.LINES)]
@@ -75,14 +80,22 @@ def conversation_rows(n: int, total: int, stamp):
     start = START + SPAN * n / total
     to = {"line": line, "contact": contact, "cell": cell}
     texts = [(inbound, to[who], body, *rest) for inbound, who, body, *rest in TEXTS]
-    messages, entries, head = [], [], GENESIS
+    messages, entries, leaves, head = [], [], [], GENESIS
 
     def record(at, **fields):
         nonlocal head
         values = dict.fromkeys(HASHED) | fields | {"seq": len(entries) + 1, "created_at": at}
         sealed = digest(line, contact, head, values)
-        row = values | {"id": n * 10 + len(entries) + 1, "conversation_id": n + 1}
-        entries.append(row | {"created_at": stamp(at), "prev_hash": head, "hash": sealed})
+        entry_id = n * 10 + len(entries) + 1  # ten entries a conversation, in id order
+        salt = hashlib.md5(b"%d" % entry_id).hexdigest()  # random enough for a benchmark
+        row = values | {"id": entry_id, "conversation_id": n + 1, "salt": salt}
+        entries.append(
+            row
+            | {"created_at": stamp(at), "prev_hash": head, "hash": sealed}
+            | {"leaf_index": entry_id - 1}  # sequenced in id order, as the migration does
+        )
+        stored = [line, contact, *map(canonical, map(values.get, HASHED)), salt]
+        leaves.append(leaf_hash(leaf(stored)))
         head = sealed
 
     for i, (inbound, to, body, status, disposition, note) in enumerate(texts):
@@ -163,20 +176,21 @@ def conversation_rows(n: int, total: int, stamp):
         "created_at": stamp(start),
         "updated_at": stamp(end),
     }
-    return [conversation], messages, entries
+    return [conversation], messages, entries, leaves
 
 
-def _rows(bounds) -> list[list[tuple]]:
-    """The rows of conversations [start, stop) of ``total``, per table (one process's part)."""
+def _rows(bounds) -> list[list]:
+    """The rows of conversations [start, stop) of ``total``, per table, and their entries'
+    Merkle leaf hashes (one process's part)."""
     start, stop, total, sqlite = bounds
     stamp = functools.lru_cache(maxsize=64)(_sqlite_time) if sqlite else (lambda moment: moment)
-    tables = [[], [], []]
+    tables = [[], [], [], []]
     empty = [dict.fromkeys(columns) for columns in COLUMNS.values()]  # in column order
     for n in range(start, stop):
-        for rows, blank, made in zip(
-            tables, empty, conversation_rows(n, total, stamp), strict=True
-        ):
-            rows += [tuple((blank | row).values()) for row in made]
+        *made, leaves = conversation_rows(n, total, stamp)
+        for rows, blank, part in zip(tables, empty, made, strict=True):
+            rows += [tuple((blank | row).values()) for row in part]
+        tables[3] += leaves
     return tables
 
 
@@ -195,6 +209,8 @@ def _columns() -> dict[str, list[str]]:
 
 
 COLUMNS = _columns()
+NODES = "evidence_tree_nodes"
+WRITTEN = COLUMNS | {NODES: ["level", "position", "hash"]}
 
 
 def seed(url: str, conversations: int) -> float:
@@ -205,12 +221,24 @@ def seed(url: str, conversations: int) -> float:
         (s, min(s + CHUNK, conversations), conversations, sqlite)
         for s in range(0, conversations, CHUNK)
     ]
+    tree = merkle.Frontier()
     with (_sqlite if sqlite else _postgres)(url) as write:
         context = multiprocessing.get_context("fork")
         with context.Pool(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
-            for tables in pool.imap(_rows, parts):
+            for *tables, leaves in pool.imap(_rows, parts):
                 for table, rows in zip(COLUMNS, tables, strict=True):
                     write(table, rows)
+                for hashed in leaves:
+                    tree.append(hashed)
+                write(NODES, tree.added)
+                tree.added.clear()
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text("UPDATE evidence_tree SET size = :size, root = :root"),
+            {"size": tree.size, "root": tree.root().hex()},
+        )
+    engine.dispose()
     return time.monotonic() - started
 
 
@@ -222,7 +250,7 @@ def _postgres(url: str):
         rebuild = _without_indexes_pg(pg, list(COLUMNS))
 
         def write(table, rows):
-            with pg.cursor().copy(f"COPY {table} ({', '.join(COLUMNS[table])}) FROM STDIN") as copy:
+            with pg.cursor().copy(f"COPY {table} ({', '.join(WRITTEN[table])}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
 
@@ -280,8 +308,8 @@ def _sqlite(url: str):
     db.execute("BEGIN")
 
     def write(table, rows):
-        marks = ", ".join("?" * len(COLUMNS[table]))
-        db.executemany(f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) VALUES ({marks})", rows)
+        marks = ", ".join("?" * len(WRITTEN[table]))
+        db.executemany(f"INSERT INTO {table} ({', '.join(WRITTEN[table])}) VALUES ({marks})", rows)
 
     yield write
     db.execute("COMMIT")

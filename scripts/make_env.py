@@ -4,11 +4,19 @@ import secrets
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bot import notes  # noqa: E402
+
+DEMO_KEY = notes.generate("consentline/demo-company/evidence")
 FILLED = {
     "SECRET_KEY": lambda: secrets.token_urlsafe(32),
     "TWILIO_AUTH_TOKEN": lambda: "local-" + secrets.token_hex(16),
     "SIMULATOR_ENABLED": lambda: "true",
     "COMPANY_NAME": lambda: "Demo Company",
+    # Checkpoints signed and witnessed locally from the first text on (docs/evidence.md).
+    "EVIDENCE_SIGNING_KEY": lambda: str(DEMO_KEY),
+    "EVIDENCE_PUBLIC_KEY": lambda: str(DEMO_KEY.verifier),
+    "EVIDENCE_WITNESS_DIR": lambda: "instance/witness",
 }
 
 
