@@ -239,7 +239,7 @@ LATE = timedelta(minutes=10)
 _H = len(HASHED)
 _MESSAGE_FIELDS = ("direction", "sender", "recipient", "body", "media_json", "signature_valid")
 _AT = {name: 6 + HASHED.index(name) for name in ("seq", "kind", "message_ref", "status", "event")}
-_AT |= {name: 6 + HASHED.index(name) for name in (*_MESSAGE_FIELDS, "state", "created_at")}
+_AT |= {name: 6 + HASHED.index(name) for name in (*_MESSAGE_FIELDS, "state", "created_at", "note")}
 _messages = table(
     "messages", *(column(n) for n in ("conversation_id", "ref", *_MESSAGE_FIELDS, "status"))
 )
@@ -340,6 +340,8 @@ class _Walk:
                 texts[ref][-1] = row[_AT["status"]]
             if row[_AT["event"]] is not None and row[_AT["state"]] is not None:
                 state = row[_AT["state"]]
+            elif kind == "message" and state == "new" and _flowed(payload, contact):
+                state = "disclosed"  # off mode: texts flow with no consent event
         if fault is None and expected - 1 != first[2]:
             fault = f"{first[2]} entries recorded, {expected - 1} found"
         if fault is None and prev != first[1]:
@@ -375,6 +377,13 @@ class _Walk:
         self.placed += 1
         if self.leaves is not None:
             os.pwrite(self.leaves.fileno(), hashed, index * 32)
+
+
+def _flowed(payload: Sequence[Any], contact: str) -> bool:
+    """A text entry that went through: one from the contact relayed, or one to them."""
+    if payload[_AT["direction"] - 4] == "inbound":
+        return str(payload[_AT["note"] - 4] or "").startswith("relayed")
+    return payload[_AT["recipient"] - 4] == contact
 
 
 def _parsed_time(text: Any) -> datetime | None:
