@@ -135,7 +135,7 @@ def conversation_rows(n: int, total: int, stamp):
             body=body,
             media_json="[]",
             twilio_sid=message["twilio_sid"] if inbound else None,
-            status="received" if inbound else "queued",
+            status=message["status"],  # as the portal shows it (no status entries here)
             signature_valid=True if inbound else None,
             note=note,
         )
@@ -188,7 +188,7 @@ def _rows(bounds) -> list[list]:
     empty = [dict.fromkeys(columns) for columns in COLUMNS.values()]  # in column order
     for n in range(start, stop):
         *made, leaves = conversation_rows(n, total, stamp)
-        for rows, blank, part in zip(tables, empty, made, strict=True):
+        for rows, blank, part in zip(tables[:3], empty, made, strict=True):
             rows += [tuple((blank | row).values()) for row in part]
         tables[3] += leaves
     return tables
