@@ -5,6 +5,7 @@ import csv
 import hashlib
 import itertools
 import json
+import mmap
 import multiprocessing
 import os
 import secrets
@@ -18,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import rfc8785
 from flask import current_app
 from sqlalchemy import Connection, bindparam, column, create_engine, func, select, table
@@ -170,31 +172,27 @@ _SIGNATURE = 2 + HASHED.index("signature_valid")
 # to anyone who guesses it.
 LEAF_FIELDS = ("line", "contact", *HASHED, "salt")
 LEAF_COLUMNS = (*HASHED, "salt")  # as stored in ``attestations``, after line and contact
-_SORTED = sorted(range(len(LEAF_FIELDS)), key=LEAF_FIELDS.__getitem__)
-_SORTED_NAMES = [LEAF_FIELDS[i] for i in _SORTED]
 _SAFE_INT = 2**53  # RFC 8785 writes integers beyond this as IEEE doubles do
 
 
 def leaf(values: Sequence[Any]) -> bytes:
     """RFC 8785 canonical JSON of ``LEAF_FIELDS`` → ``values`` (canonical values).
 
-    For entries of strings, booleans, null and integers below 2**53 (every entry
-    this app writes), RFC 8785's text is the standard library's compact JSON with
-    the keys sorted and no ASCII escaping, which is much quicker to make (verify
-    makes millions); ``tests/test_merkle.py`` checks the two agree on random
-    entries. Anything else goes to the ``rfc8785`` library.
+    For entries of strings, booleans, null and a sequence number below 2**53
+    (every entry this app writes), RFC 8785's text is what ``orjson`` writes with
+    its keys sorted, about four times quicker than the ``rfc8785`` library (verify makes
+    millions); ``tests/test_merkle.py`` checks the two agree on random entries.
+    Anything else goes to the ``rfc8785`` library.
     """
-    ordered = [values[i] for i in _SORTED]
-    for value in ordered:
-        kind = type(value)
-        if not (
-            kind is str
-            or value is None
-            or kind is bool
-            or (kind is int and -_SAFE_INT < value < _SAFE_INT)
-        ):
-            return rfc8785.dumps(dict(zip(_SORTED_NAMES, ordered, strict=True)))
-    return _JSON.encode(dict(zip(_SORTED_NAMES, ordered, strict=True))).encode()
+    record = dict(zip(LEAF_FIELDS, values, strict=True))
+    seq = values[_SEQ]  # the one integer of an entry
+    if _PLAIN.issuperset(map(type, values)) and (type(seq) is not int or abs(seq) < _SAFE_INT):
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    return rfc8785.dumps(record)
+
+
+_SEQ = LEAF_FIELDS.index("seq")
+_PLAIN = frozenset((str, bool, int, type(None)))
 
 
 @dataclass(frozen=True)
@@ -278,7 +276,7 @@ def _texts(low: int | None = None, high: int | None = None):
 class _Walk:
     """One process's share of ``verify``: chains, leaves, and the portal's rows."""
 
-    leaves: IO[bytes] | None  # leaf hashes go here, 32 bytes at 32 × leaf index
+    leaves: Any  # a writable buffer: each leaf hash at 32 × its leaf index
     size: int  # the tree's size: a leaf index beyond it is out of place
     now: datetime
     conversations: int = 0
@@ -341,14 +339,14 @@ class _Walk:
             if row[_AT["event"]] is not None and row[_AT["state"]] is not None:
                 state = row[_AT["state"]]
             elif kind == "message" and state == "new" and _flowed(payload, contact):
-                state = "disclosed"  # off mode: texts flow with no consent event
+                state = "new or disclosed"  # off mode: texts flow with no consent event
         if fault is None and expected - 1 != first[2]:
             fault = f"{first[2]} entries recorded, {expected - 1} found"
         if fault is None and prev != first[1]:
             fault = "the last entry is not the recorded chain head"
         if fault:
             broken(fault)
-        if first[3] != state:
+        if first[3] not in state.split(" or "):
             broken(f"its consent state is {first[3]!r}, but its events leave it {state!r}")
         for text in shown:
             recorded = texts.pop(text[1], None)
@@ -375,8 +373,7 @@ class _Walk:
         except (TypeError, ValueError, UnicodeError):
             hashed = bytes(32)
         self.placed += 1
-        if self.leaves is not None:
-            os.pwrite(self.leaves.fileno(), hashed, index * 32)
+        self.leaves[index * 32 : index * 32 + 32] = hashed
 
 
 def _flowed(payload: Sequence[Any], contact: str) -> bool:
@@ -391,6 +388,16 @@ def _parsed_time(text: Any) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (AttributeError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def _mapped(path: str, size: int):
+    """The leaf hashes' file as a writable buffer shared by every process."""
+    if not size:
+        yield bytearray()
+        return
+    with open(path, "r+b") as out, mmap.mmap(out.fileno(), size * 32) as buffer:
+        yield buffer
 
 
 def _reader() -> Connection:
@@ -409,7 +416,7 @@ def _walk_part(url: str, connect_args: dict, low, high, batch: int, leaves: str,
     """One process's share of ``verify``: its own connections, its own range of chains."""
     engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
-        with engine.connect() as conn, engine.connect() as other, open(leaves, "r+b") as out:
+        with engine.connect() as conn, engine.connect() as other, _mapped(leaves, size) as out:
             walk = _Walk(out, size, now)
             walk.run(
                 _streamed(conn, _scan(low, high), batch), _streamed(other, _texts(low, high), batch)
@@ -506,8 +513,8 @@ def verify(
                     )
                 )
         else:
-            walk = _Walk(leaves, size, now)
-            with _reader() as other:
+            with _reader() as other, _mapped(leaves.name, size) as buffer:
+                walk = _Walk(buffer, size, now)
                 walk.run(_streamed(conn, _scan(), batch), _streamed(other, _texts(), batch))
             parts = [(walk.conversations, walk.entries, walk.placed, walk.broken)]
         placed = 0
@@ -545,20 +552,26 @@ def _rebuild(leaves: IO[bytes], size: int, sizes: set[int], report: Report) -> d
         roots[0] = tree.root()
     leaves.seek(0)
     missing = 0
-    while chunk := leaves.read(32 * 65536):
-        for at in range(0, len(chunk), 32):
-            hashed = chunk[at : at + 32]
-            if hashed == _NO_LEAF:
-                missing += 1
-            tree.append(hashed)
-            if tree.size == wanted[0]:
-                roots[wanted.pop(0)] = tree.root()
+    while chunk := leaves.read(32 << _BLOCK):
+        start = tree.size
+        if _NO_LEAF in chunk:
+            missing += sum(chunk[at : at + 32] == _NO_LEAF for at in range(0, len(chunk), 32))
+        if len(chunk) == 32 << _BLOCK and not (wanted and wanted[0] < start + (1 << _BLOCK)):
+            tree.append(merkle.complete_root(chunk), _BLOCK)  # a whole block at once
+        else:
+            for at in range(0, len(chunk), 32):
+                tree.append(chunk[at : at + 32])
+                if wanted and tree.size == wanted[0]:
+                    roots[wanted.pop(0)] = tree.root()
+        if wanted and tree.size == wanted[0]:
+            roots[wanted.pop(0)] = tree.root()
         tree.added.clear()
     if missing:
         report.broken.append(_unnamed(f"{missing} leaves of the tree have no entry"))
     return roots
 
 
+_BLOCK = 16  # leaves hashed a block of 2**16 at a time where no checkpoint falls inside
 _NO_LEAF = bytes(32)
 
 

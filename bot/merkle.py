@@ -44,16 +44,17 @@ class Frontier:
     edge: list[tuple[int, bytes]] = field(default_factory=list)
     added: list[tuple[int, int, bytes]] = field(default_factory=list)
 
-    def append(self, hashed: bytes) -> None:
-        """Add the next leaf, given its leaf hash."""
-        index, level, value = self.size, 0, hashed
-        self.added.append((0, index, value))
+    def append(self, hashed: bytes, level: int = 0) -> None:
+        """Add the next leaf, given its leaf hash; or (``level`` > 0) the next complete
+        subtree of 2**level leaves, given its root, where the size is a multiple of that."""
+        start, value, span = self.size, hashed, 1 << level
+        self.added.append((level, start >> level, value))
         while self.edge and self.edge[-1][0] == level:
             value = node_hash(self.edge.pop()[1], value)
             level += 1
-            self.added.append((level, index >> level, value))
+            self.added.append((level, start >> level, value))
         self.edge.append((level, value))
-        self.size += 1
+        self.size = start + span
 
     def root(self) -> bytes:
         """The tree head: MTH of every leaf so far."""
@@ -63,6 +64,14 @@ class Frontier:
         for _, left in reversed(self.edge[:-1]):
             value = node_hash(left, value)
         return value
+
+
+def complete_root(leaves: bytes) -> bytes:
+    """MTH of 2**k leaf hashes laid end to end (32 bytes each), level by level."""
+    level = [leaves[at : at + 32] for at in range(0, len(leaves), 32)]
+    while len(level) > 1:
+        level = list(map(node_hash, level[::2], level[1::2]))
+    return level[0]
 
 
 def edge_of(size: int) -> list[tuple[int, int]]:

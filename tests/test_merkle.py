@@ -188,3 +188,19 @@ def test_values_outside_the_quick_path_go_through_rfc8785():
     record[evidence.LEAF_FIELDS.index("seq")] = 2**60
     with pytest.raises(ValueError):
         evidence.leaf(record)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 6), st.integers(0, 40))
+def test_a_complete_block_appended_at_once_gives_the_same_tree(blocks, tail):
+    """Verify hashes aligned blocks of leaves level by level: the same tree."""
+    leaves = [merkle.leaf_hash(b"%d" % i) for i in range((blocks << 3) + tail)]
+    one_by_one, by_block = merkle.Frontier(), merkle.Frontier()
+    for leaf in leaves:
+        one_by_one.append(leaf)
+    for b in range(blocks):
+        by_block.append(merkle.complete_root(b"".join(leaves[b << 3 : (b + 1) << 3])), 3)
+    for leaf in leaves[blocks << 3 :]:
+        by_block.append(leaf)
+    assert (by_block.size, by_block.root()) == (one_by_one.size, one_by_one.root())
+    assert by_block.edge == one_by_one.edge
