@@ -482,6 +482,8 @@ def test_a_log_written_by_an_earlier_release_still_verifies(scratch_url):
         db.session.commit()
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code != 0 and "was altered" in result.output
+    with app.app_context():
+        db.engine.dispose()  # before the scratch database is dropped
 
 
 def _typed(column, value):
