@@ -312,7 +312,7 @@ class _Walk:
 
         expected, prev, fault = 1, GENESIS, None
         texts: dict[str, list[Any]] = {}
-        state = "new"
+        states = {"new"}  # the consent states the entries so far explain
         for row in rows if first[6] is not None else ():
             self.entries += 1
             payload = row[4 : 6 + _H]
@@ -337,17 +337,18 @@ class _Walk:
             elif kind == "status" and ref in texts:
                 texts[ref][-1] = row[_AT["status"]]
             if row[_AT["event"]] is not None and row[_AT["state"]] is not None:
-                state = row[_AT["state"]]
-            elif kind == "message" and state == "new" and _flowed(payload, contact):
-                state = "new or disclosed"  # off mode: texts flow with no consent event
+                states = {row[_AT["state"]]}
+            elif kind == "message" and states == {"new"} and _flowed(payload, contact):
+                states = {"new", "disclosed"}  # off mode: texts flow with no consent event
         if fault is None and expected - 1 != first[2]:
             fault = f"{first[2]} entries recorded, {expected - 1} found"
         if fault is None and prev != first[1]:
             fault = "the last entry is not the recorded chain head"
         if fault:
             broken(fault)
-        if first[3] not in state.split(" or "):
-            broken(f"its consent state is {first[3]!r}, but its events leave it {state!r}")
+        if first[3] not in states:
+            left = " or ".join(sorted(states))
+            broken(f"its consent state is {first[3]!r}, but its events leave it {left}")
         for text in shown:
             recorded = texts.pop(text[1], None)
             value = [*text[2:-2], None if text[-2] is None else bool(text[-2]), text[-1]]
