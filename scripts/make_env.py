@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bot import notes  # noqa: E402
+from bot import notes
 
 DEMO_KEY = notes.generate("consentline/demo-company/evidence")
 FILLED = {
