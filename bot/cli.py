@@ -11,7 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from bot import auth, bundle, evidence, ledger, notes, phones, reconcile
+from bot import auth, bundle, evidence, ledger, notes, phones, provision, reconcile
 from bot import employees as staff
 from bot import settings as org_settings
 from bot.extensions import db
@@ -21,7 +21,7 @@ settings_cli = AppGroup("settings", help="Company name, default mode and texts."
 audit_cli = AppGroup("audit", help="The evidence log: verify, checkpoints, bundles, export.")
 
 admins_cli = AppGroup("admins", help="Portal sign-ins.")
-twilio_cli = AppGroup("twilio", help="Twilio's side: recover texts whose webhook failed.")
+twilio_cli = AppGroup("twilio", help="Twilio's side: set the lines up, recover lost texts.")
 
 groups = [employees_cli, settings_cli, audit_cli, admins_cli, twilio_cli]
 
@@ -263,6 +263,34 @@ def admins_create(email, password_stdin):
     except auth.AuthError as exc:
         _fail(exc)
     click.echo(f"admin {admin.email} created")
+
+
+@twilio_cli.command("setup")
+@click.option("--apply", is_flag=True, help="Make the changes (without it: only show them).")
+def twilio_setup(apply):
+    """Each active line's number, Messaging Service and webhooks, through Twilio's API."""
+    try:
+        report = provision.run(apply, http_client=current_app.config.get("TWILIO_HTTP_CLIENT"))
+    except (provision.SetupError, reconcile.ReconcileError) as exc:
+        _fail(exc)
+    if not report.lines:
+        click.echo("no active lines: nothing to set up")
+    for line in report.lines:
+        click.echo(f"{phones.readable(line.line)} ({line.employee}):")
+        for change in line.changes:
+            click.echo(f"  {'done: ' if apply else 'would '}{change}")
+        for error in line.errors:
+            click.echo(f"  error: {error}", err=True)
+        if not line.changes and not line.errors:
+            click.echo("  nothing to change")
+    if report.changes and not apply:
+        click.echo("run again with --apply to make these changes")
+    if report.console_steps:
+        click.echo("\nWhat Twilio's API cannot set (once per Messaging Service, in the console):")
+        for number, step in enumerate(report.console_steps, 1):
+            click.echo(f"  {number}. {step}")
+    if not report.ok:
+        raise click.ClickException("some lines could not be set up (see above)")
 
 
 @twilio_cli.command("reconcile")
