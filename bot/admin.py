@@ -22,7 +22,7 @@ from flask import (
 from sqlalchemy import DateTime, bindparam, column, func, or_, select, table, tuple_
 from sqlalchemy.orm import contains_eager
 
-from bot import bundle, evidence, ledger, phones, relay, texts
+from bot import bundle, doctor, evidence, ledger, phones, relay, texts
 from bot import employees as staff
 from bot import settings as org_settings
 from bot.auth import current_admin, login_required
@@ -628,6 +628,13 @@ def conversation_bundle(conversation_id: int):
         mimetype="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+@bp.get("/health")
+def health():
+    findings = doctor.check(http_client=current_app.config.get("TWILIO_HTTP_CLIENT"))
+    errors = sum(f.level == doctor.ERROR for f in findings)
+    return render_template("admin/health.html", findings=findings, errors=errors)
 
 
 @bp.post("/evidence/checkpoint")

@@ -11,7 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from bot import auth, bundle, evidence, ledger, notes, phones, provision, reconcile
+from bot import auth, bundle, doctor, evidence, ledger, notes, phones, provision, reconcile
 from bot import employees as staff
 from bot import settings as org_settings
 from bot.extensions import db
@@ -291,6 +291,20 @@ def twilio_setup(apply):
             click.echo(f"  {number}. {step}")
     if not report.ok:
         raise click.ClickException("some lines could not be set up (see above)")
+
+
+@twilio_cli.command("doctor")
+def twilio_doctor():
+    """Check the whole set-up; each problem with its fix. Non-zero exit on any error."""
+    findings = doctor.check(http_client=current_app.config.get("TWILIO_HTTP_CLIENT"))
+    for finding in findings:
+        mark = {"ok": "ok     ", "warning": "WARNING", "error": "ERROR  "}[finding.level]
+        click.echo(
+            f"{mark} {finding.what}"
+            + (f"\n        fix: {finding.fix}" if finding.fix and finding.level != "ok" else "")
+        )
+    if doctor.failed(findings):
+        raise click.ClickException("the set-up has errors (see above)")
 
 
 @twilio_cli.command("reconcile")

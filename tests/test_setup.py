@@ -206,3 +206,94 @@ def test_rate_limits_and_server_errors_are_retried(api, runner, employee):
     api.failures = [429] * 10  # beyond the tries: said, not hidden
     result = setup(runner)
     assert result.exit_code != 0 and "too many requests" in result.output
+
+
+# -- twilio doctor and the Health page ---------------------------------------------------
+
+
+def doctor(runner):
+    return runner.invoke(args=["twilio", "doctor"])
+
+
+def test_a_set_up_account_passes_the_doctor_with_warnings_only(api, app, runner, employee):
+    api.own(LINE)
+    assert setup(runner, "--apply").exit_code == 0
+    app.config["SECRET_KEY"] = "x" * 40
+    result = doctor(runner)
+    assert result.exit_code == 0, result.output
+    assert "ok      Twilio accepts the credentials" in result.output
+    assert f"ok      {LINE}: webhook, status callback and fallback set" in result.output
+    assert "WARNING evidence is unsigned" in result.output  # a warning: exit status 0
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"TWILIO_VALIDATE_SIGNATURE": False}, "Twilio's signatures are not checked"),
+        ({"PUBLIC_BASE_URL": None}, "PUBLIC_BASE_URL is not set"),
+        ({"SECRET_KEY": None}, "SECRET_KEY is missing"),
+        ({"SIMULATOR_ENABLED": True}, "the simulator is on in production"),
+        ({"TWILIO_AUTH_TOKEN": "wrong"}, "Twilio refused the credentials"),
+    ],
+    ids=["signatures-off", "no-public-url", "no-secret-key", "simulator-on", "wrong-token"],
+)
+def test_each_misconfiguration_is_an_error_with_its_fix(api, app, runner, employee, change, said):
+    api.own(LINE)
+    assert setup(runner, "--apply").exit_code == 0
+    app.config["SECRET_KEY"] = "x" * 40
+    app.config.update(change)
+    result = doctor(runner)
+    assert result.exit_code != 0
+    assert f"ERROR   {said}" in result.output
+    assert "fix: " in result.output
+
+
+def test_a_line_set_up_wrong_and_a_failing_cell_are_errors(api, app, runner, employee, twilio):
+    from sqlalchemy import update
+
+    from bot.extensions import db
+    from bot.models import Message
+    from support import CELL, CONTACT
+
+    api.own(LINE)
+    assert setup(runner, "--apply").exit_code == 0
+    [sid] = api.services
+    api.services[sid]["status_callback"] = "https://old.example.com/status"
+    app.config["PUBLIC_BASE_URL"] = None  # the test client signs for http://localhost
+    twilio.sms(CONTACT, "Hi")
+    app.config["PUBLIC_BASE_URL"] = BASE
+    with app.app_context():
+        db.session.execute(
+            update(Message)
+            .where(Message.recipient == CELL)
+            .values(status="failed", error_code="21610")
+        )
+        db.session.commit()
+    result = doctor(runner)
+    assert result.exit_code != 0
+    assert f"{LINE}: set-up would set status_callback" in result.output
+    assert f"texts to Alice's cell {CELL} failed lately (error 21610)" in result.output
+
+
+def test_the_health_page_shows_the_same(api, app, client, employee):
+    import re
+
+    api.own(LINE)
+    app.config["PASSWORD_HASH_METHOD"] = "scrypt:16384:8:1"
+    runner = app.test_cli_runner()
+    assert (
+        runner.invoke(
+            args=["admins", "create", "a@example.com", "--password-stdin"],
+            input="a long password 1",
+        ).exit_code
+        == 0
+    )
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page).group(1)
+    client.post(
+        "/login",
+        data={"csrf_token": token, "email": "a@example.com", "password": "a long password 1"},
+    )
+    health = client.get("/health").get_data(as_text=True)
+    assert "set-up would create Messaging Service" in health
+    assert "twilio setup --apply" in health
