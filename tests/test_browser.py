@@ -141,3 +141,12 @@ def test_office_manager_runs_consent_from_the_browser(page, shots):
     # The chains verify from the browser too.
     page.get_by_role("button", name="Verify the evidence chains").click()
     expect(page.get_by_text("The log is intact")).to_be_visible()
+
+    # The dashboard says what protects the evidence; the Health page lists each fix.
+    page.get_by_role("link", name="Dashboard").click()
+    expect(page.get_by_role("heading", name="Evidence")).to_be_visible()
+    page.get_by_role("link", name="Health").click()
+    expect(page.get_by_role("heading", name="Health")).to_be_visible()
+    expect(
+        page.locator("#health").get_by_text("PUBLIC_BASE_URL is not set", exact=True)
+    ).to_be_visible()
