@@ -212,13 +212,13 @@ def audit_checkpoint():
             "EVIDENCE_SIGNING_KEY is not set: evidence is unsigned (`audit keygen` makes a key)"
         )
     try:
-        record, new = ledger.checkpoint(key)
+        record, new = ledger.checkpoint(key, force=True)
     except ledger.Refused as exc:
         _fail(exc)
     if not new:
         click.echo("nothing new since the last checkpoint:", err=True)
     click.echo(record.note, nl=False)
-    failing = ledger.deliver(force=True)
+    failing = ledger.undelivered()
     for copy in failing:
         click.echo(
             f"witness {copy.witness} failed ({copy.attempts} tries): {copy.last_error}", err=True

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from flask import current_app
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from bot import merkle, notes, writer_lock
 from bot.database import read_only
@@ -103,8 +103,10 @@ def frontier(conn: Connection, size: int) -> merkle.Frontier:
     return merkle.Frontier(size=size, edge=edge)
 
 
-def head(conn: Connection) -> tuple[int, bytes]:
-    size, root = conn.execute(select(_head.c.size, _head.c.root)).one()
+def head(conn: Connection, lock: bool = False) -> tuple[int, bytes]:
+    """The tree's size and root (``lock``: held until the transaction ends)."""
+    stmt = select(_head.c.size, _head.c.root)
+    size, root = conn.execute(stmt.with_for_update() if lock else stmt).one()
     return size, bytes.fromhex(root)
 
 
@@ -169,14 +171,14 @@ def latest() -> CheckpointRecord | None:
     ).first()
 
 
-def checkpoint(key: notes.Signer) -> tuple[CheckpointRecord, bool]:
-    """Sign the tree as it is now (after sequencing what is committed); the checkpoint
-    and whether it is new. The last checkpoint again when nothing was added."""
+def checkpoint(key: notes.Signer, force: bool = False) -> tuple[CheckpointRecord, bool]:
+    """Sign the tree as it is now (after sequencing what is committed) and hand it to the
+    witnesses (``force``: retry a failed witness now); the checkpoint and whether it is
+    new. The last checkpoint again when nothing was added."""
     db.session.rollback()  # no transaction of the session's may hold SQLite's write lock
     sequence()
     with transaction() as conn:
-        size = conn.execute(select(_head.c.size).with_for_update()).scalar()
-        _, root = head(conn)
+        size, root = head(conn, lock=True)
         last = conn.execute(
             select(CheckpointRecord.__table__).order_by(CheckpointRecord.id.desc()).limit(1)
         ).first()
@@ -206,7 +208,7 @@ def checkpoint(key: notes.Signer) -> tuple[CheckpointRecord, bool]:
                     )
                 )
             new = True
-    deliver()
+    deliver(force)
     return db.session.get(CheckpointRecord, record_id), new
 
 
@@ -227,20 +229,21 @@ def witnesses() -> list[str]:
 CHECKPOINT_FILE = re.compile(r"checkpoint-(\d+)-(\d+)\.txt")
 
 
+def witness_files() -> list[Path]:
+    """The checkpoints in the witness directory, oldest first."""
+    folder = current_app.config.get("EVIDENCE_WITNESS_DIR")
+    if not folder or not os.path.isdir(folder):
+        return []
+    return sorted(Path(folder, n) for n in os.listdir(folder) if CHECKPOINT_FILE.fullmatch(n))
+
+
 def _witnessed_sizes() -> list[tuple[int, bytes, str]]:
     """The newest checkpoint in the witness directory, which the database cannot rewrite."""
-    folder = current_app.config.get("EVIDENCE_WITNESS_DIR")
-    key = verifier()
-    if not folder or key is None or not os.path.isdir(folder):
+    files, key = witness_files(), verifier()
+    if not files or key is None:
         return []
-    files = sorted(
-        (int(m[2]), name) for name in os.listdir(folder) if (m := CHECKPOINT_FILE.fullmatch(name))
-    )
-    if not files:
-        return []
-    path = os.path.join(folder, files[-1][1])
-    found = notes.open_checkpoint(Path(path).read_text(), key)
-    return [(found.size, found.root, f"the witnessed checkpoint {path}")]
+    found = notes.open_checkpoint(files[-1].read_text(), key)
+    return [(found.size, found.root, f"the witnessed checkpoint {files[-1]}")]
 
 
 def _to_folder(folder: str, record: CheckpointRecord) -> str:
@@ -295,6 +298,16 @@ def _mail(address: str, record: CheckpointRecord) -> str:
     return message.as_string()
 
 
+_UNDELIVERED = (
+    select(WitnessCopy).where(WitnessCopy.delivered_at.is_(None)).order_by(WitnessCopy.id)
+)
+
+
+def undelivered() -> list[WitnessCopy]:
+    """The witness copies not delivered yet (failing, or waiting for their next try)."""
+    return list(db.session.scalars(_UNDELIVERED))
+
+
 def deliver(force: bool = False) -> list[WitnessCopy]:
     """Hand every checkpoint a witness has not received yet to it; the copies still failing.
 
@@ -303,9 +316,7 @@ def deliver(force: bool = False) -> list[WitnessCopy]:
     """
     now = utcnow()
     db.session.rollback()
-    pending = db.session.scalars(
-        select(WitnessCopy).where(WitnessCopy.delivered_at.is_(None)).order_by(WitnessCopy.id)
-    ).all()
+    pending = undelivered()
     failing = []
     for copy in pending:
         if not force and copy.last_attempt_at and now - copy.last_attempt_at < RETRY_EVERY:
@@ -389,22 +400,8 @@ def record_verify(report) -> None:
 
 def status() -> dict:
     """What the dashboard shows of the log's protection."""
-    last = latest()
     now = utcnow()
-    unsequenced = db.session.execute(
-        select(Attestation.created_at)
-        .where(Attestation.leaf_index.is_(None))
-        .order_by(Attestation.id)
-        .limit(1)
-    ).scalar()
-    size = db.session.execute(select(TreeHead.size)).scalar() or 0
-    failing = db.session.scalars(
-        select(WitnessCopy).where(WitnessCopy.delivered_at.is_(None)).order_by(WitnessCopy.id)
-    ).all()
-    witnessed = None
-    if last is not None:
-        delivered = [c for c in last.copies if c.delivered_at]
-        witnessed = max((c.delivered_at for c in delivered), default=None)
+    witnessed = db.session.execute(select(func.max(WitnessCopy.delivered_at))).scalar()
     passed = db.session.execute(
         select(VerifyRun.finished_at).where(VerifyRun.ok).order_by(VerifyRun.id.desc()).limit(1)
     ).scalar()
@@ -412,10 +409,9 @@ def status() -> dict:
         "verified": passed,
         "verify_stale": passed is None or now - passed > timedelta(days=1),
         "signing": signer() is not None,
-        "size": size,
-        "last": last,
+        "size": db.session.execute(select(TreeHead.size)).scalar() or 0,
+        "last": latest(),
         "last_witnessed": witnessed,
-        "stale": last is None or witnessed is None or now - witnessed > timedelta(days=1),
-        "failing": failing,
-        "oldest_unsequenced": unsequenced,
+        "stale": witnessed is None or now - witnessed > timedelta(days=1),
+        "failing": undelivered(),
     }

@@ -27,7 +27,7 @@ from bot.models import (
     WitnessCopy,
     utcnow,
 )
-from support import CELL, CONTACT, LINE, OTHER, free_port
+from support import CONTACT, LINE, OTHER, free_port
 
 KEY = notes.generate("consentline/acme-plumbing/evidence")
 
@@ -40,17 +40,6 @@ def witness_dir(tmp_path):
 @pytest.fixture
 def env_overrides(witness_dir):
     return {"EVIDENCE_SIGNING_KEY": str(KEY), "EVIDENCE_WITNESS_DIR": str(witness_dir)}
-
-
-@pytest.fixture
-def history(app, twilio, employee):
-    """Two conversations: consent asked and given, texts both ways, an opt-out."""
-    twilio.sms(CONTACT, "Hi")
-    twilio.sms(CONTACT, "YES")
-    twilio.sms(CELL, "Hello back")
-    twilio.sms(CELL, f"{OTHER} Your quote")
-    twilio.sms(OTHER, "STOP")
-    return app
 
 
 def run(runner, *args):
@@ -218,9 +207,11 @@ def test_each_checkpoint_is_mailed_and_a_refusing_server_is_retried(history, run
     inbox, url = smtp
     history.config.update(EVIDENCE_WITNESS_EMAIL="evidence@acme.example", SMTP_URL=url)
     inbox.refuse = True
-    result = run(runner, "audit", "checkpoint")
-    assert result.exit_code != 0
-    assert "witness mail:evidence@acme.example failed" in result.output and "550" in result.output
+    for _ in range(2):  # made and refused; tried again and refused again
+        result = run(runner, "audit", "checkpoint")
+        assert result.exit_code != 0
+        assert "witness mail:evidence@acme.example failed" in result.output
+        assert "550" in result.output
     with history.app_context():
         copy = db.session.scalars(
             select(WitnessCopy).where(WitnessCopy.witness.like("mail:%"))
@@ -254,42 +245,32 @@ def expect_named(result, contact, *words):
     return lines
 
 
-def test_a_conversation_rewritten_with_its_chain_is_named_by_its_leaves(history, runner):
-    ledger_ready(history, runner)
-    cid = conversation_id(history)
+def rewrite_the_yes(app):
+    """A forger turns the contact's YES into "Hello?", in the evidence and in the portal's
+    log, and recomputes the conversation's chain."""
+    cid = conversation_id(app)
     sql(
-        history,
+        app,
         update(Attestation)
         .where(Attestation.conversation_id == cid, Attestation.body == "YES")
         .values(body="Hello?"),
-    )
-    sql(
-        history,
         update(Message)
         .where(Message.conversation_id == cid, Message.body == "YES")
         .values(body="Hello?"),
     )
-    rechain(history, cid)
+    rechain(app, cid)
+
+
+def test_a_conversation_rewritten_with_its_chain_is_named_by_its_leaves(history, runner):
+    ledger_ready(history, runner)
+    rewrite_the_yes(history)
     lines = expect_named(verify(runner), CONTACT, "its leaf is not the one the tree holds")
     assert not any(OTHER in line for line in lines), lines
 
 
 def test_a_conversation_rewritten_with_its_chain_and_the_tree_fails_the_checkpoint(history, runner):
     ledger_ready(history, runner)
-    cid = conversation_id(history)
-    sql(
-        history,
-        update(Attestation)
-        .where(Attestation.conversation_id == cid, Attestation.body == "YES")
-        .values(body="Hello?"),
-    )
-    sql(
-        history,
-        update(Message)
-        .where(Message.conversation_id == cid, Message.body == "YES")
-        .values(body="Hello?"),
-    )
-    rechain(history, cid)
+    rewrite_the_yes(history)
     rebuild_tree(history)
     result = verify(runner)
     expect_named(result, CONTACT, "which a checkpoint no longer holds")
