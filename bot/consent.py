@@ -188,6 +188,18 @@ def opt_out_elsewhere(conv: Conversation) -> Decision:
 CARRIER_OPT_OUT = "21610"
 
 
+def explained_states(last_event: State | None, flowed: bool) -> frozenset[State]:
+    """The consent states a conversation's evidence explains (``audit verify``).
+
+    The state its last consent event recorded; with no event yet, NEW, or also
+    DISCLOSED once a text went through, since a line in off mode lets texts flow
+    without any consent event (SPEC §5).
+    """
+    if last_event is not None:
+        return frozenset((last_event,))
+    return frozenset((State.NEW, State.DISCLOSED) if flowed else (State.NEW,))
+
+
 def delivery_failed(conv: Conversation, error_code: str | None, to_contact: bool) -> Decision:
     """A text of this conversation failed with ``error_code`` (a status callback, a REST send).
 

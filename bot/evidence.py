@@ -25,7 +25,7 @@ from flask import current_app
 from sqlalchemy import Connection, bindparam, column, create_engine, func, select, table
 from sqlalchemy.pool import NullPool
 
-from bot import merkle, notes
+from bot import consent, merkle, notes
 from bot.database import READ_ONLY, read_only
 from bot.extensions import db
 from bot.models import GENESIS, Attestation, Conversation, UTCDateTime, utcnow
@@ -236,8 +236,7 @@ LATE = timedelta(minutes=10)
 
 _H = len(HASHED)
 _MESSAGE_FIELDS = ("direction", "sender", "recipient", "body", "media_json", "signature_valid")
-_AT = {name: 6 + HASHED.index(name) for name in ("seq", "kind", "message_ref", "status", "event")}
-_AT |= {name: 6 + HASHED.index(name) for name in (*_MESSAGE_FIELDS, "state", "created_at", "note")}
+_AT = {name: 6 + at for at, name in enumerate(HASHED)}  # a hashed field's place in a ``_scan`` row
 _messages = table(
     "messages", *(column(n) for n in ("conversation_id", "ref", *_MESSAGE_FIELDS, "status"))
 )
@@ -285,23 +284,23 @@ class _Walk:
     broken: list[Broken] = field(default_factory=list)
 
     def run(self, rows: Iterable[Sequence[Any]], texts: Iterator[Sequence[Any]]) -> None:
+        """Walk the conversations, each with its ``messages`` rows (both by conversation)."""
         pending = next(texts, None)
         for conv, group in itertools.groupby(rows, key=lambda row: row[0]):
             self.conversations += 1
-            group = list(group)
-            while pending is not None and pending[0] < conv:
-                self.broken.append(
-                    Broken("?", "?", f"text {pending[1]} belongs to no conversation")
-                )
-                pending = next(texts, None)
             shown = []
-            while pending is not None and pending[0] == conv:
-                shown.append(pending)
+            while pending is not None and pending[0] <= conv:
+                if pending[0] == conv:
+                    shown.append(pending)
+                else:
+                    self.orphan(pending)
                 pending = next(texts, None)
-            self.conversation(group, shown)
-        while pending is not None:
-            self.broken.append(Broken("?", "?", f"text {pending[1]} belongs to no conversation"))
-            pending = next(texts, None)
+            self.conversation(list(group), shown)
+        for text in itertools.chain([pending] if pending else [], texts):
+            self.orphan(text)
+
+    def orphan(self, text: Sequence[Any]) -> None:
+        self.broken.append(_unnamed(f"text {text[1]} belongs to no conversation"))
 
     def conversation(self, rows: list[Sequence[Any]], shown: list[Sequence[Any]]) -> None:
         first = rows[0]
@@ -312,7 +311,7 @@ class _Walk:
 
         expected, prev, fault = 1, GENESIS, None
         texts: dict[str, list[Any]] = {}
-        states = {"new"}  # the consent states the entries so far explain
+        last_event, flowed = None, False  # what explains its consent state
         for row in rows if first[6] is not None else ():
             self.entries += 1
             payload = row[4 : 6 + _H]
@@ -337,15 +336,16 @@ class _Walk:
             elif kind == "status" and ref in texts:
                 texts[ref][-1] = row[_AT["status"]]
             if row[_AT["event"]] is not None and row[_AT["state"]] is not None:
-                states = {row[_AT["state"]]}
-            elif kind == "message" and states == {"new"} and _flowed(payload, contact):
-                states = {"new", "disclosed"}  # off mode: texts flow with no consent event
+                last_event = row[_AT["state"]]
+            elif kind == "message":
+                flowed = flowed or _flowed(payload, contact)
         if fault is None and expected - 1 != first[2]:
             fault = f"{first[2]} entries recorded, {expected - 1} found"
         if fault is None and prev != first[1]:
             fault = "the last entry is not the recorded chain head"
         if fault:
             broken(fault)
+        states = consent.explained_states(last_event, flowed)
         if first[3] not in states:
             left = " or ".join(sorted(states))
             broken(f"its consent state is {first[3]!r}, but its events leave it {left}")
@@ -536,7 +536,7 @@ def verify(
     orphans = _orphans()
     if orphans:
         report.entries += orphans
-        report.broken.append(Broken("?", "?", f"{orphans} entries belong to no conversation"))
+        report.broken.append(_unnamed(f"{orphans} entries belong to no conversation"))
     db.session.rollback()
     return report
 
@@ -629,13 +629,8 @@ def _checkpoints(files: Sequence[str], report: Report) -> list[tuple[notes.Check
         (note, f"checkpoint {cid} in the database")
         for cid, note in db.session.execute(select(CheckpointRecord.id, CheckpointRecord.note))
     ]
-    folder = current_app.config.get("EVIDENCE_WITNESS_DIR")
-    if folder and os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
-            if ledger.CHECKPOINT_FILE.fullmatch(name):
-                found.append(
-                    (Path(folder, name).read_text(errors="replace"), f"witness copy {name}")
-                )
+    for path in ledger.witness_files():
+        found.append((path.read_text(errors="replace"), f"witness copy {path.name}"))
     for path in files:
         found.append((Path(path).read_text(errors="replace"), path))
     if key is None:
