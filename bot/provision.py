@@ -21,7 +21,7 @@ from flask import current_app
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from bot import employees as staff
-from bot import phones, reconcile
+from bot import phones, reconcile, texts
 from bot import settings as org_settings
 
 log = logging.getLogger(__name__)
@@ -120,18 +120,30 @@ def run(apply: bool = False, http_client: Any = None) -> Setup:
     api = reconcile.client(http_client)
     report = Setup(applied=apply)
     services = retried(lambda: list(api.messaging.v1.services.stream()), "list Messaging Services")
+    members: dict[str, set[str]] = {}  # a service's numbers, listed once a run
     for employee in (e for e in staff.listing() if e.active):
         line = LineSetup(employee.line, employee.name)
         report.lines.append(line)
         try:
-            _one_line(api, line, services, wanted, apply)
+            _one_line(api, line, services, members, wanted, apply)
         except SetupError as exc:
             line.errors.append(str(exc))
-    report.console_steps = console_steps([line.service for line in report.lines if line.service])
+    report.console_steps = console_steps([line for line in report.lines if line.service])
     return report
 
 
-def _one_line(api, line: LineSetup, services: list, wanted: dict, apply: bool) -> None:
+def _numbers(api, members: dict[str, set[str]], service) -> set[str]:
+    """The numbers (PN sids) in ``service``, fetched the first time they are asked for."""
+    if service.sid not in members:
+        held = retried(
+            lambda: list(api.messaging.v1.services(service.sid).phone_numbers.stream()),
+            f"list the numbers of {service.friendly_name}",
+        )
+        members[service.sid] = {number.sid for number in held}
+    return members[service.sid]
+
+
+def _one_line(api, line: LineSetup, services: list, members, wanted: dict, apply: bool) -> None:
     number = phones.bare(line.line)
     found = retried(
         lambda: api.incoming_phone_numbers.list(phone_number=number), f"look up {number}"
@@ -154,6 +166,7 @@ def _one_line(api, line: LineSetup, services: list, wanted: dict, apply: bool) -
                 f"create the Messaging Service {name}",
             )
             services.append(service)
+            members[service.sid] = set()
     else:
         differ = {k: v for k, v in settings.items() if getattr(service, k, None) != v}
         if differ:
@@ -163,58 +176,50 @@ def _one_line(api, line: LineSetup, services: list, wanted: dict, apply: bool) -
                     lambda: api.messaging.v1.services(service.sid).update(**differ),
                     f"update the Messaging Service {name}",
                 )
-    _number_in_service(api, line, services, service, number, number_sid, apply)
-
-
-def _number_in_service(api, line, services, service, number, number_sid, apply) -> None:
-    """The number in its own service, and in no other (a number has one service)."""
+    # A number belongs to one service at most: out of any other, into its own.
     for other in services:
-        if service is not None and other.sid == service.sid:
+        if other is service or number_sid not in _numbers(api, members, other):
             continue
-        held = retried(
-            lambda other=other: list(api.messaging.v1.services(other.sid).phone_numbers.stream()),
-            f"list the numbers of {other.friendly_name}",
-        )
-        if any(p.sid == number_sid for p in held):
-            line.changes.append(f"take {number} out of Messaging Service {other.friendly_name!r}")
-            if apply:
-                retried(
-                    lambda other=other: (
-                        api.messaging.v1.services(other.sid).phone_numbers(number_sid).delete()
-                    ),
-                    f"take {number} out of {other.friendly_name}",
-                )
-    if service is not None:
-        held = retried(
-            lambda: list(api.messaging.v1.services(service.sid).phone_numbers.stream()),
-            f"list the numbers of {service.friendly_name}",
-        )
-        if any(p.sid == number_sid for p in held):
-            return
-    line.changes.append(f"put {number} in Messaging Service {line.service!r}")
+        line.changes.append(f"take {number} out of Messaging Service {other.friendly_name!r}")
+        if apply:
+            retried(
+                lambda other=other: (
+                    api.messaging.v1.services(other.sid).phone_numbers(number_sid).delete()
+                ),
+                f"take {number} out of {other.friendly_name}",
+            )
+            members[other.sid].discard(number_sid)
+    if service is not None and number_sid in _numbers(api, members, service):
+        return
+    line.changes.append(f"put {number} in Messaging Service {name!r}")
     if apply:
         retried(
             lambda: api.messaging.v1.services(service.sid).phone_numbers.create(
                 phone_number_sid=number_sid
             ),
-            f"put {number} in {line.service}",
+            f"put {number} in {name}",
         )
+        members[service.sid].add(number_sid)
 
 
-def console_steps(services: list[str]) -> list[str]:
+def console_steps(lines: list[LineSetup]) -> list[str]:
     """Advanced Opt-Out, which Twilio's API cannot set: the console steps, texts included."""
-    if not services:
+    if not lines:
         return []
-    texts = org_settings.current()
-    values = {"company_name": texts.company_name, "employee_name": "{employee_name}"}
-    confirmation = texts.text("opt_out.to_contact")
-    for key, value in values.items():
-        confirmation = confirmation.replace("{" + key + "}", value)
-    names = ", ".join(repr(s) for s in services)
+    current = org_settings.current()
+    template = current.text("opt_out.to_contact")
+    steps = [
+        "In the Twilio console, Messaging > Services, for each service below: "
+        "Opt-Out Management, turn on Advanced Opt-Out (it cannot be turned off again).",
+    ]
+    for line in lines:
+        values = {"company_name": current.company_name, "employee_name": line.employee}
+        steps.append(
+            f"{line.service!r}: opt-out confirmation, paste exactly: "
+            + texts.render(template, values)
+        )
     return [
-        f"In the Twilio console, Messaging > Services, open each of {names}.",
-        "Opt-Out Management: turn on Advanced Opt-Out (it cannot be turned off again).",
-        f"Opt-out confirmation: paste exactly: {confirmation}",
+        *steps,
         "Opt-in keywords: remove YES (START and UNSTOP stay), so a contact's YES reaches "
         "ConsentLine as an answer and Twilio sends no re-subscribe text of its own.",
         "Help: set the help text to ConsentLine's help.to_contact, or the contact sees both.",

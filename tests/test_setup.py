@@ -13,6 +13,7 @@ from test_reconcile import ACCOUNT, no_network  # noqa: F401  (the fixture guard
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
+from bot import texts
 from support import LINE, TOKEN
 
 BASE = "https://consentline.example.com"
@@ -157,6 +158,11 @@ def test_from_an_empty_account_it_shows_then_makes_then_finds_nothing(api, runne
     assert again.exit_code == 0 and "nothing to change" in again.output
     assert len(api.writes) == writes  # the second run changes nothing
     assert "Advanced Opt-Out" in again.output and "remove YES" in again.output
+    confirmation = texts.render(
+        texts.DEFAULTS["opt_out.to_contact"],
+        {"employee_name": "Alice", "company_name": "Acme Plumbing"},
+    )
+    assert f"{NAME!r}: opt-out confirmation, paste exactly: {confirmation}" in again.output
 
 
 def test_a_partial_set_up_is_completed(api, runner, employee):
