@@ -10,7 +10,10 @@ from sqlalchemy import create_engine, text
 from bot.extensions import db
 from support import (
     BACKENDS,
+    CELL,
+    CONTACT,
     EMPTY_TREE,
+    OTHER,
     TABLES,
     TEST_DATABASE_URL,
     Twilio,
@@ -113,3 +116,15 @@ def scratch_url(request, tmp_path):
         with server.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         server.dispose()
+
+
+@pytest.fixture
+def history(app, twilio, employee):
+    """Two conversations: consent asked and given (held text released), texts both ways,
+    a relay the employee addressed, and an opt-out."""
+    twilio.sms(CONTACT, "Hi")
+    twilio.sms(CONTACT, "YES")
+    twilio.sms(CELL, "Hello back")
+    twilio.sms(CELL, f"{OTHER} Your quote")
+    twilio.sms(OTHER, "STOP")
+    return app

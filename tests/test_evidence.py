@@ -14,18 +14,7 @@ from sqlalchemy import delete, func, select, text, update
 from bot import evidence
 from bot.extensions import db
 from bot.models import Attestation, Conversation, RecordKind
-from support import CELL, CONTACT, OTHER
-
-
-@pytest.fixture
-def history(app, twilio, employee):
-    """Two conversations with consent events, held texts, releases and relays."""
-    twilio.sms(CONTACT, "Hi")
-    twilio.sms(CONTACT, "YES")
-    twilio.sms(CELL, "Hello back")
-    twilio.sms(CELL, f"{OTHER} Your quote")
-    twilio.sms(OTHER, "STOP")
-    return app
+from support import CONTACT, OTHER
 
 
 def verify(runner):

@@ -43,7 +43,7 @@ def upgrade():
         sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_evidence_tree')),
     )
-    nodes = op.create_table(
+    op.create_table(
         'evidence_tree_nodes',
         sa.Column('level', sa.Integer(), autoincrement=False, nullable=False),
         sa.Column('position', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -84,45 +84,32 @@ def upgrade():
     )
     op.create_index(op.f('ix_evidence_witness_copies_checkpoint_id'), 'evidence_witness_copies',
                     ['checkpoint_id'], unique=False)
-    size, root = _bring_in_the_log(nodes)
-    tree = sa.table('evidence_tree', sa.column('id'), sa.column('size'), sa.column('root'),
-                    sa.column('updated_at', sa.DateTime(timezone=True)))
-    op.execute(tree.insert().values(id=1, size=size, root=root, updated_at=sa.func.now()))
     op.create_index('uq_attestations_leaf_index', 'attestations', ['leaf_index'], unique=True)
     op.create_index('ix_attestations_unsequenced', 'attestations', ['id'],
                     sqlite_where=sa.text('leaf_index IS NULL'),
                     postgresql_where=sa.text('leaf_index IS NULL'))
+    _bring_in_the_log()
 
 
-def _bring_in_the_log(nodes):
-    """Every existing entry, by id: a salt, a leaf index, the tree. Its size and root."""
-    from bot import evidence, merkle
+def _bring_in_the_log():
+    """Every existing entry gets its salt; then the sequencer places them all, by id."""
+    from bot import ledger, merkle
 
     conn = op.get_bind()
-    # Untyped columns: values exactly as stored, as ``audit verify`` reads them.
-    entries = sa.table('attestations', *map(sa.column, ('id', 'conversation_id', 'salt',
-                                                       'leaf_index', *evidence.HASHED)))
-    conversations = sa.table('conversations', *map(sa.column, ('id', 'line', 'contact')))
-    columns = [entries.c[name] for name in evidence.HASHED]
-    stmt = (sa.select(entries.c.id, conversations.c.line, conversations.c.contact, *columns)
-            .join_from(entries, conversations, conversations.c.id == entries.c.conversation_id)
-            .where(entries.c.id > sa.bindparam('after'))
-            .order_by(entries.c.id).limit(BATCH))
-    place = (entries.update().where(entries.c.id == sa.bindparam('entry_id'))
-             .values(salt=sa.bindparam('new_salt'), leaf_index=sa.bindparam('new_index')))
-    tree, after = merkle.Frontier(), 0
-    while rows := conn.execute(stmt, {'after': after}).all():
-        placed = []
-        for row in rows:
-            salt = secrets.token_hex(16)
-            placed.append({'entry_id': row[0], 'new_salt': salt, 'new_index': tree.size})
-            tree.append(merkle.leaf_hash(evidence.stored_leaf([*row[1:], salt])))
-        conn.execute(place, placed)
-        conn.execute(nodes.insert(), [{'level': lv, 'position': p, 'hash': h}
-                                      for lv, p, h in tree.added])
-        tree.added.clear()
-        after = rows[-1][0]
-    return tree.size, tree.root().hex()
+    tree = sa.table('evidence_tree', sa.column('id'), sa.column('size'), sa.column('root'),
+                    sa.column('updated_at', sa.DateTime(timezone=True)))
+    conn.execute(tree.insert().values(id=1, size=0, root=merkle.EMPTY_ROOT.hex(),
+                                      updated_at=sa.func.now()))
+    entries = sa.table('attestations', sa.column('id'), sa.column('salt'))
+    after = 0
+    while ids := conn.execute(sa.select(entries.c.id).where(entries.c.id > after)
+                              .order_by(entries.c.id).limit(BATCH)).scalars().all():
+        salted = [{'entry_id': i, 'new_salt': secrets.token_hex(16)} for i in ids]
+        conn.execute(entries.update().where(entries.c.id == sa.bindparam('entry_id'))
+                     .values(salt=sa.bindparam('new_salt')), salted)
+        after = ids[-1]
+    while ledger.sequence_once(conn, BATCH):
+        pass
 
 
 def downgrade():
